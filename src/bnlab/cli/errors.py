@@ -1,0 +1,11 @@
+"""Errors the CLI reports as one line and exit status 2."""
+
+from __future__ import annotations
+
+
+class CLIError(Exception):
+    """A bad value or missing input, worded for the person at the terminal."""
+
+
+# Library exceptions that describe the user's input, not a bug; later modules append theirs.
+USER_ERRORS: tuple[type[BaseException], ...] = (CLIError,)

@@ -1,0 +1,52 @@
+"""``bnlab`` entry point: an argparse parser whose subcommands live in sibling modules.
+
+Each subcommand module has ``register(subparsers)``, which adds its parser and sets
+``handler`` (a function of the parsed namespace returning an exit status). Handlers turn
+the namespace into the library's config dataclasses; nothing below the CLI sees argparse.
+Expected failures raise :class:`CLIError` (or a library error listed in
+``USER_ERRORS``): one line on stderr and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from . import selfcheck
+from .errors import USER_ERRORS, CLIError
+
+SUBCOMMANDS = [selfcheck]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bnlab",
+        description="Batch normalization from first principles: train, compare, inspect.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"bnlab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except CLIError as err:
+        print(f"bnlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as err:
+        print(f"bnlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bnlab {args.command}: interrupted", file=sys.stderr)
+        return 130

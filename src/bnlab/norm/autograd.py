@@ -1,0 +1,95 @@
+"""The autograd Function behind :func:`bnlab.functional.normalize`: forward and its
+closed-form backward side by side.
+
+Notation, per channel c, with sums over every dim but 1 and ``n`` elements per channel:
+``x_hat = (x - mean) * invstd``, ``y = x_hat * weight + bias``.
+
+* training (``mean``/``invstd`` are the batch's own statistics)::
+
+      dx = weight * invstd * (dy - mean(dy) - x_hat * mean(dy * x_hat))
+* evaluation (constant statistics)::
+
+      dx = dy * weight * invstd
+* both: ``dweight = sum(dy * x_hat)``, ``dbias = sum(dy)``.
+
+The backward is written with differentiable tensor ops, so double backward works: when a
+graph is being built (``create_graph=True``) the training statistics are recomputed from
+``x`` so that their dependence on ``x`` is part of that graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def channel_view(t: Tensor, like: Tensor) -> Tensor:
+    """Reshape a (C,) tensor to (1, C, 1, ..., 1) to broadcast against ``like``."""
+    return t.reshape((1, -1) + (1,) * (like.dim() - 2))
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype arithmetic runs in: float32 for half/bfloat16 input, else the input's."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def reduce_dims(x: Tensor) -> list[int]:
+    """All dims but the channel dim 1 of an (N, C, *) tensor."""
+    return [0, *range(2, x.dim())]
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """``y = (x - mean) * rsqrt(var + eps) * weight + bias``; see the module docstring.
+
+    ``mean``/``var`` (C,) are in the compute dtype; ``weight``/``bias`` (C,) or None.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, eps, batch_statistics):
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+        xc = x.to(invstd.dtype)
+        # (x - mean) * scale rather than x * scale + (bias - mean * scale): the folded form
+        # loses precision when |mean| >> std (mean 1e4, std 0.1 in float32).
+        y = (xc - channel_view(mean, x)) * channel_view(scale, x)
+        if bias is not None:
+            y = y + channel_view(bias.to(y.dtype), x)
+        # Saved: the input (kept alive by most producers anyway; torch's kernel saves it
+        # too) and the two (C,) statistics; x_hat, y and every temporary are recomputed.
+        ctx.save_for_backward(x, mean, invstd, weight)
+        ctx.eps = eps
+        ctx.batch_statistics = batch_statistics
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, invstd, weight = ctx.saved_tensors
+        need_x, _, _, need_w, need_b, _, _ = ctx.needs_input_grad
+        dims = reduce_dims(x)
+        xc = x.to(invstd.dtype)
+        g = dy.to(invstd.dtype)
+        if ctx.batch_statistics and torch.is_grad_enabled():
+            # Double backward: rebuild the statistics from x inside the graph.
+            var, mean = torch.var_mean(xc, dim=dims, correction=0)
+            invstd = torch.rsqrt(var + ctx.eps)
+        xmu = xc - channel_view(mean, x)
+        sum_dy = g.sum(dims)
+        sum_dy_xmu = (g * xmu).sum(dims) if (need_w or (need_x and ctx.batch_statistics)) else None
+
+        dx = dweight = dbias = None
+        if need_x:
+            scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+            if ctx.batch_statistics:
+                n = x.numel() // x.shape[1]
+                proj = invstd * invstd * sum_dy_xmu / n
+                dx = (g - channel_view(sum_dy / n, x) - xmu * channel_view(proj, x))
+                dx = dx * channel_view(scale, x)
+            else:
+                dx = g * channel_view(scale, x)
+            dx = dx.to(x.dtype)
+        if need_w and weight is not None:
+            dweight = (sum_dy_xmu * invstd).to(weight.dtype)
+        if need_b and ctx.bias_dtype is not None:
+            dbias = sum_dy.to(ctx.bias_dtype)
+        return dx, None, None, dweight, dbias, None, None

@@ -1,0 +1,72 @@
+"""Swap every batch-norm layer of a model between bnlab's and torch's implementations."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
+
+__all__ = ["convert"]
+
+_TO_BNLAB = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d}
+_TO_TORCH = {BatchNorm1d: nn.BatchNorm1d, BatchNorm2d: nn.BatchNorm2d, BatchNorm3d: nn.BatchNorm3d}
+_NOTEBOOK_TO_TORCH = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+def _target_class(layer: nn.Module, to: str) -> type[nn.Module] | None:
+    if to == "bnlab":
+        return _TO_BNLAB.get(type(layer))
+    if isinstance(layer, BatchNorm):
+        return _NOTEBOOK_TO_TORCH[layer.num_dims]
+    return _TO_TORCH.get(type(layer))
+
+
+def _swap(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """A ``cls`` layer holding ``layer``'s very parameters, buffers, settings and mode."""
+    has_stats = layer.running_mean is not None
+    new = cls(
+        layer.num_features,
+        eps=layer.eps,
+        momentum=layer.momentum,
+        affine=layer.affine,
+        track_running_stats=has_stats,
+        device="meta",
+    )
+    # Flags switched after construction (e.g. track_running_stats=False) carry over as-is.
+    new.track_running_stats = layer.track_running_stats
+    for name, param in layer.named_parameters(recurse=False):
+        setattr(new, name, param)
+    for name, buf in layer.named_buffers(recurse=False):
+        new.register_buffer(name, buf)
+    new.train(layer.training)
+    return new
+
+
+def convert(module: nn.Module, to: str = "bnlab") -> nn.Module:
+    """A deep copy of ``module`` with every batch-norm layer swapped for the other kind.
+
+    ``to="bnlab"``: ``nn.BatchNorm1d/2d/3d`` become ``bnlab.BatchNorm1d/2d/3d``.
+    ``to="torch"``: bnlab layers (including the notebook's ``BatchNorm``) become torch's.
+    Parameters (the same values, ``requires_grad`` kept), running statistics, settings and
+    train/eval mode are preserved; other layers are untouched. Subclasses of the torch
+    layers (e.g. ``SyncBatchNorm``) are left alone. Hooks on swapped layers are not copied.
+    """
+    if to not in ("bnlab", "torch"):
+        raise ValueError(f"convert(to=...) must be 'bnlab' or 'torch', got {to!r}")
+    model = copy.deepcopy(module)
+    cls = _target_class(model, to)
+    if cls is not None:
+        return _swap(model, cls)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            cls = _target_class(child, to)
+            if cls is not None:
+                setattr(parent, name, _swap(child, cls))
+    return model
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    """True for bnlab's and torch's batch-norm layers."""
+    return isinstance(module, (BatchNormBase, nn.modules.batchnorm._BatchNorm))

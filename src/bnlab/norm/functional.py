@@ -1,0 +1,139 @@
+"""Stateless batch normalization written with plain tensor ops.
+
+Three pieces, kept apart:
+
+* :func:`batch_stats` — per-channel mean and biased variance of a batch;
+* :func:`update_running_stats` — the in-place moving-average update;
+* :func:`normalize` — apply given statistics (autograd-aware, hand-written backward).
+
+:func:`batch_norm` composes them with the contract of ``torch.nn.functional.batch_norm``.
+Nothing here calls torch's own batch-norm kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .autograd import BatchNormFunction, compute_dtype, reduce_dims
+
+__all__ = ["batch_norm", "batch_stats", "normalize", "update_running_stats", "compute_dtype"]
+
+
+def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(mean, biased variance)`` of ``x`` (N, C, *), each of shape (C,).
+
+    Computed in :func:`compute_dtype` of ``x`` with a two-moment algorithm that does not
+    cancel (``var_mean`` uses Welford/centred sums, never ``E[x^2] - E[x]^2``).
+    """
+    xc = x.to(compute_dtype(x.dtype))
+    var, mean = torch.var_mean(xc, dim=reduce_dims(x), correction=0)
+    return mean, var
+
+
+@torch.no_grad()
+def update_running_stats(
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    mean: Tensor,
+    var: Tensor,
+    count: int,
+    momentum: float,
+) -> None:
+    """In place: ``running = (1 - momentum) * running + momentum * batch``.
+
+    The running variance takes the unbiased batch variance, ``var * count / (count - 1)``.
+    """
+    if running_mean is not None:
+        running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+    if running_var is not None:
+        unbiased = var * (count / (count - 1))
+        running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+
+def normalize(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    batch_statistics: bool = False,
+) -> Tensor:
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` per channel, closed-form backward.
+
+    ``x`` is (N, C, *); ``mean``/``var`` have shape (C,), in :func:`compute_dtype` of x.
+    ``batch_statistics`` says whether they are the statistics of ``x`` itself (training:
+    gradients flow through them) or constants (evaluation with running statistics).
+    """
+    return BatchNormFunction.apply(x, mean, var, weight, bias, eps, batch_statistics)
+
+
+def _check_args(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+) -> None:
+    if x.dim() < 2:
+        raise ValueError(f"batch_norm expects input of shape (N, C, *), got {x.dim()}D input")
+    channels = x.shape[1]
+    for name, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
+        if t is not None and t.numel() != channels:
+            raise ValueError(
+                f"channel mismatch: input has {channels} channels (dim 1 of shape "
+                f"{tuple(x.shape)}) but {name} has {t.numel()} elements"
+            )
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("running_mean and running_var must be given when training=False")
+    if training:
+        count = x.numel() // channels if channels else 0
+        if count == 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, "
+                f"got input size {tuple(x.shape)}"
+            )
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalization of ``input`` (N, C, *) — the contract of ``F.batch_norm``.
+
+    Training: normalize with the batch mean and biased variance over all dims but 1, and
+    update ``running_mean``/``running_var`` in place when given (``momentum`` is the weight
+    of the new value; the running variance takes the unbiased estimate). Otherwise:
+    normalize with the running statistics. ``weight``/``bias`` (C,) scale and shift.
+    Half/bfloat16 input is computed in float32 and returned in its own dtype.
+    """
+    _check_args(input, running_mean, running_var, weight, bias, training)
+    if input.numel() == 0:
+        # Like torch: an empty batch passes through (keeping the graph) and no statistic moves.
+        out = input.clone()
+        if weight is not None:
+            out = out * weight.reshape(-1)[:1].to(out.dtype).sum()
+        if bias is not None:
+            out = out + bias.reshape(-1)[:1].to(out.dtype).sum()
+        return out
+    if training:
+        mean, var = batch_stats(input)
+        count = input.numel() // input.shape[1]
+        update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    else:
+        mean = running_mean.to(compute_dtype(input.dtype))
+        var = running_var.to(compute_dtype(input.dtype))
+    return normalize(input, mean, var, weight, bias, eps, training)
