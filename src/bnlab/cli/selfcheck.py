@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def max_difference(name: str, shape: tuple[int, ...], steps: int, seed: int) -> float:
-    """Largest |bnlab - torch| / max(1, |torch|) over outputs, input/weight/bias grads and running stats."""
+    """Largest |bnlab - torch| / max(1, |torch|) over outputs, grads and running stats."""
     gen = torch.Generator().manual_seed(seed)
     ours, theirs = getattr(norm, name)(shape[1]), getattr(nn, name)(shape[1])
     with torch.no_grad():

@@ -36,8 +36,8 @@ def _swap(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
     )
     # Flags switched after construction (e.g. track_running_stats=False) carry over as-is.
     new.track_running_stats = layer.track_running_stats
-    for name, param in layer.named_parameters(recurse=False):
-        setattr(new, name, param)
+    for name in ("weight", "bias"):  # None stays None (affine=False, or bias=False)
+        new.register_parameter(name, getattr(layer, name))
     for name, buf in layer.named_buffers(recurse=False):
         new.register_buffer(name, buf)
     new.train(layer.training)

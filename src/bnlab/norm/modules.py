@@ -18,8 +18,9 @@ __all__ = ["BatchNormBase", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchN
 class BatchNormBase(nn.Module):
     """Shared state and forward of the batch-norm layers.
 
-    ``weight``/``bias`` (C,) when ``affine``; buffers ``running_mean``, ``running_var`` (C,)
-    and ``num_batches_tracked`` (int64 scalar) when ``track_running_stats``.
+    ``weight``/``bias`` (C,) when ``affine`` (no ``bias`` with ``bias=False``); buffers
+    ``running_mean``, ``running_var`` (C,) and ``num_batches_tracked`` (int64 scalar) when
+    ``track_running_stats``.
     ``momentum=None`` uses a cumulative moving average over the batches seen since
     :meth:`reset_running_stats`.
     """
@@ -35,6 +36,8 @@ class BatchNormBase(nn.Module):
         track_running_stats: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
@@ -45,7 +48,10 @@ class BatchNormBase(nn.Module):
         self.track_running_stats = track_running_stats
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -74,7 +80,8 @@ class BatchNormBase(nn.Module):
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def _check_input_dim(self, input: Tensor) -> None:
         raise NotImplementedError
@@ -82,7 +89,9 @@ class BatchNormBase(nn.Module):
     def extra_repr(self) -> str:
         return (
             "{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "
-            "track_running_stats={track_running_stats}".format(**self.__dict__)
+            "bias={use_bias}, track_running_stats={track_running_stats}".format(
+                **self.__dict__, use_bias=self.bias is not None
+            )
         )
 
     def _load_from_state_dict(

@@ -1,0 +1,64 @@
+"""Bad input gets a clear error, as torch's layers give."""
+
+import pytest
+import torch
+
+import bnlab
+from bnlab import functional as BF
+
+
+@pytest.mark.parametrize(
+    "layer, bad_shape, expected",
+    [
+        (bnlab.BatchNorm1d(3), (2, 3, 4, 5), "expected 2D \\(N, C\\) or 3D \\(N, C, L\\) input"),
+        (bnlab.BatchNorm1d(3), (3,), "got 1D input"),
+        (bnlab.BatchNorm2d(3), (2, 3, 4), "expected 4D \\(N, C, H, W\\) input \\(got 3D"),
+        (bnlab.BatchNorm3d(3), (2, 3, 4, 4), "expected 5D \\(N, C, D, H, W\\) input"),
+        (bnlab.BatchNorm(3, num_dims=4), (2, 3), "expected 4D input \\(got 2D input\\)"),
+    ],
+)
+def test_wrong_rank_names_expected_shape(layer, bad_shape, expected):
+    with pytest.raises(ValueError, match=expected):
+        layer(torch.randn(bad_shape))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"affine": False, "track_running_stats": False}])
+def test_channel_mismatch_is_named(kwargs):
+    with pytest.raises(ValueError, match="got input with 5 channels .*expected 3 in dim 1"):
+        bnlab.BatchNorm2d(3, **kwargs)(torch.randn(2, 5, 4, 4))
+
+
+def test_functional_channel_mismatch():
+    with pytest.raises(ValueError, match="input has 4 channels .* running_mean has 3"):
+        BF.batch_norm(torch.randn(2, 4), torch.zeros(3), torch.ones(3), training=True)
+
+
+@pytest.mark.parametrize("layer, shape", [(bnlab.BatchNorm1d(3), (1, 3)),
+                                          (bnlab.BatchNorm2d(3), (1, 3, 1, 1)),
+                                          (bnlab.BatchNorm1d(3), (1, 3, 1))])
+def test_one_value_per_channel_in_training_raises(layer, shape):
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        layer(torch.randn(shape))
+    assert layer.running_mean.abs().sum() == 0  # nothing moved
+    layer.eval()
+    assert layer(torch.randn(shape)).shape == shape  # fine with running statistics
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4, 4), (2, 3, 0)])
+def test_empty_batch_returns_empty_output_and_leaves_statistics(shape):
+    layer = bnlab.BatchNorm1d(3) if len(shape) < 4 else bnlab.BatchNorm2d(3)
+    torch_layer = (torch.nn.BatchNorm1d(3) if len(shape) < 4 else torch.nn.BatchNorm2d(3))
+    x = torch.randn(shape, requires_grad=True)
+    y = layer(x)
+    assert y.shape == shape
+    y.sum().backward()  # the graph stays connected
+    assert x.grad.shape == shape
+    assert torch.equal(layer.running_mean, torch.zeros(3))
+    assert torch.equal(layer.running_var, torch.ones(3))
+    torch_layer(torch.randn(shape))  # counter as torch's (torch counts the call)
+    assert layer.num_batches_tracked.item() == torch_layer.num_batches_tracked.item()
+
+
+def test_notebook_form_rejects_unknown_rank():
+    with pytest.raises(ValueError, match="num_dims must be 2, 3, 4 or 5"):
+        bnlab.BatchNorm(3, num_dims=6)

@@ -1,0 +1,94 @@
+"""Mixed precision, numerically stable variance, memory formats."""
+
+import pytest
+import torch
+from torch import nn
+
+import bnlab
+from bnlab import functional as BF
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("training", [True, False])
+def test_half_input_with_float_parameters_matches_torch_mixed_mode(dtype, training):
+    ours, theirs = bnlab.BatchNorm2d(4), nn.BatchNorm2d(4)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+    theirs.load_state_dict(ours.state_dict())
+    ours.train(training)
+    theirs.train(training)
+    x = (torch.randn(8, 4, 6, 6) * 3 + 1).to(dtype)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    assert ya.dtype == dtype and ours.running_mean.dtype == torch.float32
+    tol = dict(rtol=1e-2, atol=1e-2)  # one half/bfloat16 rounding of the output
+    torch.testing.assert_close(ya, yb, **tol)
+    ya.float().sum().backward()
+    yb.float().sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, **tol)
+    assert ours.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-3, atol=1e-2)
+    torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-4, atol=1e-4)
+
+
+def test_statistics_of_half_input_are_accumulated_in_float32():
+    # 4096 values of 2049 = 2048 + 1: fp16 cannot hold 2049, fp16 sums overflow past 65504.
+    x = torch.full((4096, 1), 2049.0).to(torch.float16)
+    mean, var = BF.batch_stats(x)
+    assert mean.dtype == torch.float32
+    torch.testing.assert_close(mean, x.float().mean(0))
+    torch.testing.assert_close(var, torch.zeros(1))
+
+
+def test_large_half_values_give_finite_outputs_and_gradients():
+    gen = torch.Generator().manual_seed(0)
+    x = ((torch.rand(4, 8, 256, 256, generator=gen) * 2 - 1) * 6e4).to(torch.float16)
+    x.requires_grad_()
+    layer = bnlab.BatchNorm2d(8)
+    y = layer(x)
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    y.backward(torch.ones_like(y) / y.numel())
+    assert torch.isfinite(x.grad).all()
+    assert torch.isfinite(layer.weight.grad).all() and torch.isfinite(layer.bias.grad).all()
+    assert torch.isfinite(layer.running_var).all()
+
+
+def test_large_mean_small_std_normalizes_like_float64():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 2, 8, 8, generator=gen, dtype=torch.float64) * 0.1
+    x[:, 0] += 1e4
+    x = x.float()  # the fp32 values both sides start from
+    y = BF.batch_norm(x, None, None, training=True)
+    x64 = x.double()
+    mean = x64.mean(dim=(0, 2, 3), keepdim=True)
+    var = x64.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    ref = (x64 - mean) / torch.sqrt(var + 1e-5)
+    # E[x^2] - E[x]^2 in fp32 would lose every digit of a 0.01 variance next to 1e8.
+    _, v = BF.batch_stats(x)
+    torch.testing.assert_close(v.double(), var.flatten(), rtol=1e-4, atol=0)
+    # An fp32 mean of values near 1e4 is only known to ~5e-4, i.e. 5e-3 of one std.
+    torch.testing.assert_close(y.double(), ref, rtol=0, atol=1e-2)
+    assert (y.double() - ref).abs().mean() < 2e-3
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_channels_last_in_channels_last_out(training):
+    layer = bnlab.BatchNorm2d(5).train(training)
+    layer.running_mean.uniform_()
+    x = torch.randn(4, 5, 6, 7)
+    xc = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    xr = x.clone().requires_grad_()
+    yc, yr = layer(xc), layer(xr)
+    assert yc.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(yc, yr, rtol=1e-6, atol=1e-6)
+    dy = torch.randn_like(x)
+    yc.backward(dy)
+    yr.backward(dy)
+    assert xc.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(xc.grad, xr.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_3d():
+    layer = bnlab.BatchNorm3d(3)
+    x = torch.randn(2, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d)
+    assert layer(x).is_contiguous(memory_format=torch.channels_last_3d)
