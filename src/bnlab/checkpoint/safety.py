@@ -1,0 +1,61 @@
+"""Recognise pickle files (``torch.save``, ``pickle.dump``) by their bytes or name, without
+unpickling anything, so they can be refused before any code in them could run."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+from .errors import CheckpointError
+
+__all__ = ["PICKLE_SUFFIXES", "looks_like_pickle", "refuse_pickle"]
+
+PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _zip_holds_pickle(source: Path | io.BytesIO) -> bool:
+    # reading a zip's directory only parses names; nothing in the archive is executed
+    try:
+        with zipfile.ZipFile(source) as archive:
+            return any(name.endswith(".pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def looks_like_pickle(path: Path, data: bytes | None = None) -> bool:
+    """True if ``path`` is a pickle by name (``.pt .pth .ckpt .pkl .pickle``) or by content: a
+    pickle protocol 2-5 header (``0x80`` then the protocol byte) or a zip holding a ``*.pkl``
+    member (``torch.save``'s format, e.g. ``archive/data.pkl``). ``data``: the file's bytes,
+    if already read (else the file is read)."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return True
+    if data is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except OSError:
+            return False
+        source: Path | io.BytesIO = path
+    else:
+        head, source = data[:4], io.BytesIO(data)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return True
+    return head.startswith(_ZIP_MAGIC) and _zip_holds_pickle(source)
+
+
+def refuse_pickle(path: Path, inside: Path | None = None, data: bytes | None = None) -> None:
+    """Raise :class:`CheckpointError` if ``path`` (or its already-read ``data``) looks like a
+    pickle; ``inside``: the checkpoint directory it was found in, named in the message."""
+    if not looks_like_pickle(path, data):
+        return
+    where = path if inside is None else inside
+    what = "is a pickle file" if inside is None else f"holds a pickle file {path.name}"
+    raise CheckpointError(
+        where,
+        f"{what} (torch.save); bnlab checkpoints are safetensors + JSON and never unpickle "
+        "untrusted files, so it was not opened",
+        "give the directory written by bnlab's save_checkpoint, or re-save the weights as a "
+        "bnlab checkpoint from code you trust",
+    )

@@ -1,0 +1,72 @@
+"""LeNet-5 with batch normalization, exactly as the notebook builds it.
+
+Layout (input (N, 1, 28, 28), output logits (N, 10)); ``BN`` marks the layers that
+``norm="none"`` leaves out::
+
+    Conv2d(1, 6, 5)  BN(6)   act  pool(2, 2)
+    Conv2d(6, 16, 5) BN(16)  act  pool(2, 2)  Flatten
+    Linear(256, 120) BN(120) act
+    Linear(120, 84)  BN(84)  act
+    Linear(84, 10)
+
+The model is a flat ``nn.Sequential``, so with batch norm its ``state_dict`` keys
+(``"0.weight"``, ``"1.running_mean"``, ...) are those of the notebook's ``net`` and
+``norm="bnlab"`` and ``norm="torch"`` state dicts load into each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ..norm import BatchNorm1d, BatchNorm2d
+
+__all__ = ["NORMS", "lenet", "lenet_relu"]
+
+NORMS = ("bnlab", "torch", "none")
+
+_BN_CLASSES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
+    "bnlab": (BatchNorm2d, BatchNorm1d),
+    "torch": (nn.BatchNorm2d, nn.BatchNorm1d),
+}
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
+
+
+def _build(
+    norm: str, activation: Callable[[], nn.Module], pool: Callable[[], nn.Module]
+) -> nn.Sequential:
+    _check_norm(norm)
+    bn2d, bn1d = _BN_CLASSES.get(norm, (None, None))
+
+    def block(layer: nn.Module, channels: int, bn: type[nn.Module] | None) -> list[nn.Module]:
+        return [layer] + ([bn(channels)] if bn is not None else []) + [activation()]
+
+    return nn.Sequential(
+        *block(nn.Conv2d(1, 6, kernel_size=5), 6, bn2d),
+        pool(),
+        *block(nn.Conv2d(6, 16, kernel_size=5), 16, bn2d),
+        pool(),
+        nn.Flatten(),
+        *block(nn.Linear(16 * 4 * 4, 120), 120, bn1d),
+        *block(nn.Linear(120, 84), 84, bn1d),
+        nn.Linear(84, 10),
+    )
+
+
+def lenet(norm: str = "bnlab") -> nn.Sequential:
+    """The notebook's LeNet: sigmoid activations, 2x2 average pooling.
+
+    ``norm``: ``"bnlab"`` (bnlab.BatchNorm2d/1d), ``"torch"`` (nn.BatchNorm2d/1d) or
+    ``"none"`` (no batch-norm layers). Input (N, 1, 28, 28) -> logits (N, 10).
+    """
+    return _build(norm, nn.Sigmoid, lambda: nn.AvgPool2d(kernel_size=2, stride=2))
+
+
+def lenet_relu(norm: str = "bnlab") -> nn.Sequential:
+    """The same LeNet with ReLU activations and 2x2 max pooling (same parameters)."""
+    return _build(norm, nn.ReLU, lambda: nn.MaxPool2d(kernel_size=2, stride=2))

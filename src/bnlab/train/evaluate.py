@@ -1,0 +1,107 @@
+"""Evaluation of a classifier on a loader, and the device/mode helpers the loop shares.
+
+A loader is any iterable of ``(X, y)`` batches: ``X`` the model's input, ``y`` int64
+class labels (B,). The criterion returns the batch-mean loss (``reduction="mean"``, as
+``nn.CrossEntropyLoss()`` by default); means over a loader weight each batch by its size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..device import select_device
+
+__all__ = ["Evaluation", "accumulator_dtype", "eval_mode", "evaluate", "resolve_device"]
+
+Batch = tuple[Tensor, Tensor]
+Criterion = nn.Module
+
+
+class Evaluation(NamedTuple):
+    """Result of :func:`evaluate`; unpacks as ``loss, acc = evaluate(...)``.
+
+    ``loss``: mean per-sample loss over the loader. ``acc``: accuracy in percent.
+    """
+
+    loss: float
+    acc: float
+
+
+def resolve_device(net: nn.Module, device: torch.device | str | None) -> torch.device:
+    """``device`` (checked by :func:`bnlab.device.select_device`, so ``"auto"`` works;
+    ``net`` is moved there) or, when None, where ``net``'s parameters live."""
+    if device is not None:
+        device = select_device(device)
+        net.to(device)
+        return device
+    for tensor in net.parameters():
+        return tensor.device
+    for tensor in net.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def accumulator_dtype(device: torch.device) -> torch.dtype:
+    """Dtype of device-side loss sums: float64, except on MPS, which has none."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def check_mean_reduction(criterion: Criterion) -> None:
+    """Reject criteria that do not return a batch mean (their sums would be misweighted)."""
+    reduction = getattr(criterion, "reduction", "mean")
+    if reduction != "mean":
+        raise ValueError(
+            f"criterion must return the batch-mean loss (reduction='mean'), got {reduction!r}"
+        )
+
+
+@contextmanager
+def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode; restore each one's own previous mode on exit."""
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        yield net
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    X, y = batch
+    return X.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def evaluate(
+    net: nn.Module,
+    loader: Iterable[Batch],
+    criterion: Criterion,
+    *,
+    device: torch.device | str | None = None,
+) -> Evaluation:
+    """Mean per-sample loss and accuracy (%) of ``net`` on ``loader``.
+
+    Runs in eval mode under ``torch.no_grad()`` and restores each submodule's previous
+    mode. ``device``: as in :func:`resolve_device`. Syncs with the device once, at the end.
+    Raises ValueError for a loader without samples.
+    """
+    check_mean_reduction(criterion)
+    device = resolve_device(net, device)
+    loss_sum = torch.zeros((), dtype=accumulator_dtype(device), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    samples = 0
+    with torch.no_grad(), eval_mode(net):
+        for batch in loader:
+            X, y = to_device(batch, device)
+            logits = net(X)
+            loss_sum += criterion(logits, y).to(loss_sum.dtype) * y.shape[0]
+            correct += (logits.argmax(dim=1) == y).sum()
+            samples += y.shape[0]
+    if samples == 0:
+        raise ValueError("cannot evaluate: the loader yielded no samples")
+    return Evaluation(loss=loss_sum.item() / samples, acc=100.0 * correct.item() / samples)

@@ -1,0 +1,210 @@
+"""Damaged or mismatched checkpoints fail with one CheckpointError line naming file and problem,
+and a failed load changes nothing."""
+
+import hashlib
+import json
+import pickle
+
+import pytest
+import safetensors.torch
+import torch
+from checkpoint_helpers import bitwise_equal, make_model, make_optimizer, trained_pair
+from torch import nn
+
+from bnlab.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint_state,
+    save_checkpoint,
+)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model, optimizer = trained_pair()
+    path = save_checkpoint(tmp_path / "ck", model=model, optimizer=optimizer, state={"epoch": 3})
+    return path, model, optimizer
+
+
+def edit_state(path, **changes):
+    state = json.loads((path / "state.json").read_text())
+    state.update(changes)
+    (path / "state.json").write_text(json.dumps(state))
+
+
+def rewrite_file(path, name, data):
+    """Replace a data file and make state.json's manifest agree, so only the parser can tell."""
+    (path / name).write_bytes(data)
+    state = json.loads((path / "state.json").read_text())
+    state["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (path / "state.json").write_text(json.dumps(state))
+
+
+def expect_error(path, pattern, **targets):
+    with pytest.raises(CheckpointError, match=pattern) as info:
+        load_checkpoint(path, **targets)
+    message = str(info.value)
+    assert "\n" not in message and "; " in message  # one line: problem; what to do
+    return message
+
+
+def test_missing_directory(tmp_path):
+    message = expect_error(tmp_path / "nope", "does not exist")
+    assert str(tmp_path / "nope") in message
+
+
+def test_missing_file(saved):
+    path, _, _ = saved
+    (path / "model.safetensors").unlink()
+    assert str(path / "model.safetensors") in expect_error(path, "is missing")
+
+
+def test_truncated_file(saved):
+    path, _, _ = saved
+    data = (path / "optimizer.safetensors").read_bytes()
+    (path / "optimizer.safetensors").write_bytes(data[:-100])
+    expect_error(path, r"optimizer.safetensors: is truncated or altered \(\d+ bytes, expected")
+
+
+def test_corrupted_byte(saved):
+    path, _, _ = saved
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[-3] ^= 0x01  # one bit of one weight
+    (path / "model.safetensors").write_bytes(bytes(data))
+    expect_error(path, r"model.safetensors: is corrupted \(SHA-256")
+
+
+@pytest.mark.parametrize(
+    "data, pattern",
+    [
+        (b"\x01", "is truncated"),
+        (b"\xff" * 8 + b"{}", "is truncated or not safetensors"),
+        (b"\x04\x00\x00\x00\x00\x00\x00\x00{x:1", "not a safetensors file"),
+        (b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "is not a bnlab model file"),
+        (safetensors.torch.save({"w": torch.ones(2)})[:-4], "not a valid safetensors file"),
+    ],
+)
+def test_malformed_safetensors_with_a_matching_manifest(saved, data, pattern):
+    path, _, _ = saved
+    rewrite_file(path, "model.safetensors", data)
+    expect_error(path, "model.safetensors: .*" + pattern)
+
+
+def test_bad_json(saved):
+    path, _, _ = saved
+    (path / "state.json").write_text('{"format": "bnlab-checkpoint",')
+    expect_error(path, r"state.json: is not valid JSON")
+    with pytest.raises(CheckpointError, match="is not valid JSON"):
+        read_checkpoint_state(path)
+
+
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        ({"format": "other"}, r"is not a bnlab checkpoint state \(format 'other'"),
+        ({"version": 2}, "checkpoint version 2; this bnlab reads version 1; upgrade bnlab"),
+        ({"version": "1"}, "checkpoint version '1'"),
+        ({"epoch": -1}, "'epoch' must be an int >= 0"),
+        ({"epoch": True}, "'epoch' must be an int >= 0"),
+        ({"history": {}}, "'history' must be a list"),
+        ({"files": {"model.safetensors": {"bytes": 1}}}, "malformed 'files' entry"),
+        ({"files": {}}, "lists no model.safetensors"),
+    ],
+)
+def test_invalid_run_state(saved, changes, pattern):
+    path, _, _ = saved
+    edit_state(path, **changes)
+    expect_error(path, "state.json: .*" + pattern)
+    with pytest.raises(CheckpointError, match=pattern):
+        read_checkpoint_state(path)
+
+
+class Wider(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(6, 8)
+
+
+def test_model_key_mismatch_names_the_keys(saved):
+    path, _, _ = saved
+    message = expect_error(path, "model.safetensors: does not match the model", model=Wider())
+    assert "missing keys layer.weight, layer.bias" in message
+    assert "unexpected keys 0.bias, 0.weight" in message
+
+
+def test_model_shape_and_dtype_mismatch(saved):
+    path, _, _ = saved
+    model = make_model(0)
+    model[0] = nn.Linear(6, 9)
+    expect_error(path, r"0.weight: saved shape \(8, 6\), model \(9, 6\)", model=model)
+    model = make_model(0).double()
+    expect_error(path, "0.weight: saved dtype torch.float32, model torch.float64", model=model)
+
+
+def test_failed_load_changes_nothing(saved):
+    path, _, _ = saved
+    model = make_model(9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt_before = optimizer.state_dict()
+    expect_error(
+        path,
+        "holds AdamW optimizer state but the optimizer is SGD",
+        model=model,
+        optimizer=optimizer,
+    )
+    assert bitwise_equal(dict(model.state_dict()), before)  # checked before anything loaded
+    assert bitwise_equal(optimizer.state_dict(), opt_before)
+
+
+def test_optimizer_over_other_parameters(saved):
+    path, _, _ = saved
+    model = make_model(0)
+    optimizer = make_optimizer(nn.Sequential(*list(model)[:2]))
+    expect_error(
+        path, r"parameter groups of sizes \[10\]; the optimizer's are \[4\]", optimizer=optimizer
+    )
+
+
+def test_optimizer_or_scheduler_missing_from_checkpoint(tmp_path):
+    model, optimizer = trained_pair()
+    save_checkpoint(tmp_path / "ck", model=model)
+    expect_error(
+        tmp_path / "ck", "holds no optimizer state; pass optimizer=None", optimizer=optimizer
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 2)
+    expect_error(tmp_path / "ck", "holds no scheduler state", scheduler=scheduler)
+
+
+@pytest.mark.parametrize(
+    "state, pattern",
+    [
+        ({"config": {"fn": print}}, "state is not JSON-serializable"),
+        ({"files": {}}, r"reserved key\(s\) \['files'\]"),
+        ({"epoch": 1.5}, "'epoch' must be an int >= 0"),
+        ({"config": []}, "'config' must be a dict"),
+    ],
+)
+def test_bad_state_is_refused_before_writing(tmp_path, state, pattern):
+    model, _ = trained_pair()
+    with pytest.raises(CheckpointError, match=pattern):
+        save_checkpoint(tmp_path / "ck", model=model, state=state)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_unstorable_optimizer_state(tmp_path):
+    model, optimizer = trained_pair()
+    optimizer.param_groups[0]["callback"] = print
+    with pytest.raises(
+        CheckpointError,
+        match=r"optimizer state: cannot store a builtin_function_or_method at "
+        r"param_groups.0.callback",
+    ):
+        save_checkpoint(tmp_path / "ck", model=model, optimizer=optimizer)
+
+
+def test_error_is_one_line_and_pickles():
+    error = CheckpointError("runs/x", "is broken\nbadly", "fix it")
+    assert str(error) == "runs/x: is broken badly; fix it"
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
+    assert str(CheckpointError("plain message")) == "plain message"

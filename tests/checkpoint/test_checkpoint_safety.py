@@ -1,0 +1,128 @@
+"""Pickle files given as checkpoints are refused before anything in them can run."""
+
+import io
+import pickle
+import zipfile
+
+import pytest
+import torch
+from checkpoint_helpers import trained_pair
+
+from bnlab.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint_state,
+    save_checkpoint,
+)
+
+REFUSAL = (
+    r"pickle file \(torch.save\); bnlab checkpoints are safetensors \+ JSON and never unpickle"
+)
+
+
+class Payload:
+    """Unpickling this creates ``marker``: proof that code inside the file ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(autouse=True)
+def no_unpickling(monkeypatch):
+    """Any unpickling during a test fails it, whatever the file holds."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(
+        pickle, "Unpickler", type("NoUnpickler", (pickle.Unpickler,), {"load": forbidden})
+    )
+
+
+def test_the_payload_is_live(tmp_path, monkeypatch):
+    monkeypatch.undo()  # this test alone unpickles, to show the payload would run
+    marker = tmp_path / "ran"
+    pickle.loads(pickle.dumps(Payload(marker)))
+    assert marker.exists()
+
+
+def pickle_bytes(marker):
+    return pickle.dumps({"weights": Payload(marker)}, protocol=4)
+
+
+def torch_save_bytes(marker, legacy=False):
+    buffer = io.BytesIO()
+    torch.save({"weights": Payload(marker)}, buffer, _use_new_zipfile_serialization=not legacy)
+    return buffer.getvalue()
+
+
+MAKERS = {
+    "pickle": pickle_bytes,
+    "torch.save": torch_save_bytes,
+    "legacy torch.save": lambda marker: torch_save_bytes(marker, legacy=True),
+}
+
+
+@pytest.mark.parametrize("kind", list(MAKERS))
+@pytest.mark.parametrize("name", ["weights", "model.pt", "run.ckpt", "data.bin"])
+def test_pickle_file_given_as_checkpoint_is_refused(tmp_path, kind, name):
+    marker = tmp_path / "ran"
+    path = tmp_path / name
+    path.write_bytes(MAKERS[kind](marker))
+    for read in (load_checkpoint, read_checkpoint_state):
+        with pytest.raises(CheckpointError, match=REFUSAL) as info:
+            read(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["model.pth", "pytorch_model.bin"])
+def test_directory_holding_a_pickle_is_refused(tmp_path, name):
+    marker = tmp_path / "ran"
+    folder = tmp_path / "downloaded"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / name).write_bytes(torch_save_bytes(marker))
+    with pytest.raises(CheckpointError, match=f"holds a pickle file {name} .*never unpickle"):
+        load_checkpoint(folder)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("member", ["model.safetensors", "state.json"])
+def test_pickle_swapped_into_a_checkpoint_is_refused(tmp_path, member):
+    marker = tmp_path / "ran"
+    model, optimizer = trained_pair()
+    save_checkpoint(tmp_path / "ck", model=model, optimizer=optimizer)
+    (tmp_path / "ck" / member).write_bytes(torch_save_bytes(marker))
+    with pytest.raises(CheckpointError, match=f"holds a pickle file {member} .*never unpickle"):
+        load_checkpoint(tmp_path / "ck", model=model, optimizer=optimizer)
+    assert not marker.exists()
+
+
+def test_pickle_extension_is_refused_whatever_its_content(tmp_path):
+    path = tmp_path / "notes.pkl"
+    path.write_text("plain text")
+    with pytest.raises(CheckpointError, match=REFUSAL):
+        load_checkpoint(path)
+
+
+def test_other_files_are_not_called_pickles(tmp_path):
+    archive = tmp_path / "archive.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("readme.txt", "hello")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for path in (archive, text):
+        with pytest.raises(CheckpointError, match="is a file, not a checkpoint directory"):
+            load_checkpoint(path)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    archive.rename(folder / "archive.zip")
+    with pytest.raises(CheckpointError, match=r"not a bnlab checkpoint \(no state.json\)"):
+        load_checkpoint(folder)
