@@ -14,17 +14,17 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import selfcheck
-from .errors import USER_ERRORS, CLIError
+from . import checkpoint_cmd, data_cmd, selfcheck, train_cmd
+from .errors import USER_ERRORS
+from .parser import Parser
 
-SUBCOMMANDS = [selfcheck]
+SUBCOMMANDS = [train_cmd, checkpoint_cmd, data_cmd, selfcheck]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bnlab",
         description="Batch normalization from first principles: train, compare, inspect.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"bnlab {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -41,9 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except CLIError as err:
-        print(f"bnlab {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except USER_ERRORS as err:
         print(f"bnlab {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -22,7 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "selfcheck",
         help="check bnlab batch norm against torch.nn.BatchNorm (forward, grads, stats)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--steps", type=int, default=5, help="training steps per case")
     p.add_argument("--seed", type=int, default=0, help="random seed")

@@ -1,0 +1,141 @@
+"""Downloads against a local HTTP mirror: fail-over, retries, verification, atomicity."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import urllib.request
+
+import numpy as np
+import pytest
+
+from bnlab.data import DatasetError, DownloadConfig, FileSpec, download_file, encode_idx, locate
+from bnlab.data import download as download_module
+
+LABELS = np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.uint8)
+RAW = encode_idx(LABELS)
+SPEC = FileSpec("train-labels-idx1-ubyte", (8,), hashlib.sha256(RAW).hexdigest(), "")
+GOOD = gzip.compress(RAW, mtime=0)
+WRONG = gzip.compress(encode_idx(LABELS[::-1].copy()), mtime=0)  # well-formed, wrong content
+PATH = "/train-labels-idx1-ubyte.gz"
+
+
+def config(*mirrors: str, sleeps: list[float] | None = None, attempts: int = 3) -> DownloadConfig:
+    sleep = sleeps.append if sleeps is not None else (lambda _s: None)
+    return DownloadConfig(mirrors=mirrors, attempts=attempts, backoff_s=0.5, timeout_s=5,
+                          progress=False, sleep=sleep)
+
+
+def leftovers(directory):
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_bad_file_on_first_mirror_fails_over_to_the_second(mirror_server, tmp_path):
+    mirror_server.serve("/a" + PATH, WRONG)
+    mirror_server.serve("/b" + PATH, GOOD)
+    url = mirror_server.url
+    path = download_file(SPEC, tmp_path / "d", config(url + "/a/", url + "/b"))
+    assert path == tmp_path / "d" / "train-labels-idx1-ubyte.gz" and path.read_bytes() == GOOD
+    # a verified-bad file is a definite answer: no retry on that mirror
+    assert mirror_server.requests == ["/a" + PATH, "/b" + PATH]
+    assert leftovers(tmp_path / "d") == ["train-labels-idx1-ubyte.gz"]
+
+
+def test_progress_bar_names_the_file_and_host(mirror_server, tmp_path, capsys):
+    mirror_server.serve(PATH, GOOD)
+    download_file(SPEC, tmp_path, dataclasses.replace(config(mirror_server.url), progress=True))
+    assert "train-labels-idx1-ubyte.gz from 127.0.0.1" in capsys.readouterr().err
+
+
+def test_not_found_fails_over_without_retrying(mirror_server, tmp_path):
+    mirror_server.serve("/b" + PATH, GOOD)
+    url = mirror_server.url
+    download_file(SPEC, tmp_path, config(url + "/a", url + "/b"))
+    assert mirror_server.requests == ["/a" + PATH, "/b" + PATH]
+
+
+def test_transient_errors_are_retried_with_exponential_backoff(mirror_server, tmp_path):
+    cut = (200, GOOD, 10)  # connection dropped after 10 bytes
+    mirror_server.serve(PATH, 503, mirror_server.reply(*cut), GOOD)
+    sleeps: list[float] = []
+    path = download_file(SPEC, tmp_path, config(mirror_server.url, sleeps=sleeps, attempts=3))
+    assert path.read_bytes() == GOOD
+    assert mirror_server.requests == [PATH] * 3
+    assert sleeps == [0.5, 1.0]  # backoff_s * 2**(k-1) before retry k
+
+
+def test_every_mirror_failing_raises_one_error_and_leaves_nothing(mirror_server, tmp_path):
+    mirror_server.serve("/a" + PATH, WRONG)
+    mirror_server.serve("/b" + PATH, 500)
+    url = mirror_server.url
+    with pytest.raises(DatasetError) as info:
+        download_file(SPEC, tmp_path, config(url + "/a", url + "/b", attempts=2))
+    found = info.value.found
+    assert f"{url}/a{PATH}: bad file" in found and f"{url}/b{PATH}: HTTP 500" in found
+    assert "(2 attempts)" in found and "\n" not in str(info.value)
+    assert mirror_server.requests == ["/a" + PATH, "/b" + PATH, "/b" + PATH]
+    assert leftovers(tmp_path) == []
+
+
+def test_truncated_transfer_never_becomes_the_file(mirror_server, tmp_path):
+    mirror_server.serve(PATH, mirror_server.reply(200, GOOD, len(GOOD) // 2))
+    with pytest.raises(DatasetError, match="IncompleteRead"):
+        download_file(SPEC, tmp_path, config(mirror_server.url, attempts=2))
+    assert leftovers(tmp_path) == []
+
+
+def test_malformed_mirror_url_is_skipped(mirror_server, tmp_path):
+    mirror_server.serve(PATH, GOOD)
+    download_file(SPEC, tmp_path, config("not a url", mirror_server.url))
+    assert mirror_server.requests == [PATH]
+
+
+def test_crash_mid_download_leaves_no_file_and_keeps_the_old_one(monkeypatch, tmp_path):
+    """An interrupt (here KeyboardInterrupt after the first chunk) aborts without a trace."""
+
+    class DyingResponse:
+        headers = {"Content-Length": str(len(GOOD))}
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def read(self, _n: int) -> bytes:
+            self.calls += 1
+            if self.calls > 1:
+                raise KeyboardInterrupt
+            return GOOD[:10]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: DyingResponse())
+    monkeypatch.setattr(download_module, "CHUNK_BYTES", 10)
+    old = tmp_path / "train-labels-idx1-ubyte.gz"
+    old.write_bytes(b"previous")
+    with pytest.raises(KeyboardInterrupt):
+        download_file(SPEC, tmp_path, config("http://mirror.invalid/"))
+    assert leftovers(tmp_path) == ["train-labels-idx1-ubyte.gz"]
+    assert old.read_bytes() == b"previous"
+
+
+def test_locate_downloads_only_missing_files_into_the_cache(
+    mirror_server, make_tiny, tmp_path, isolated, as_official
+):
+    served = make_tiny(tmp_path / "served")
+    as_official(served.specs())
+    for name in served.arrays:
+        mirror_server.serve(f"/m/{name}.gz", (served.directory / f"{name}.gz").read_bytes())
+    cache = isolated / "xdg" / "bnlab" / "fashion-mnist"
+    make_tiny(cache)
+    (cache / "t10k-images-idx3-ubyte.gz").unlink()
+    (cache / "train-labels-idx1-ubyte.gz").unlink()
+    location = locate(download=True, config=config(mirror_server.url + "/m/"))
+    assert location.kind == "download" and location.directory == cache
+    assert location.downloaded == ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte")
+    assert sorted(mirror_server.requests) == ["/m/t10k-images-idx3-ubyte.gz",
+                                              "/m/train-labels-idx1-ubyte.gz"]
+    assert locate().kind == "cache"  # next time the cache is complete

@@ -1,0 +1,105 @@
+"""Lookup order: root, BNLAB_DATA, cache, system, download; explicit directories used alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from bnlab.data import FILES, DatasetError, locate, sources, user_cache_dir
+
+
+@pytest.fixture
+def dirs(isolated, make_tiny):
+    """Complete tiny sets in root, env, cache and system directories."""
+    base = isolated
+    made = {kind: base / kind for kind in ("root", "env", "system")}
+    made["cache"] = base / "xdg" / "bnlab" / "fashion-mnist"
+    for directory in made.values():
+        make_tiny(directory)
+    assert user_cache_dir() == made["cache"] and sources.SYSTEM_DIR == made["system"]
+    return made
+
+
+def test_root_comes_first(dirs, monkeypatch):
+    monkeypatch.setenv("BNLAB_DATA", str(dirs["env"]))
+    location = locate(dirs["root"])
+    assert location.kind == "root" and location.directory == dirs["root"]
+    assert location.paths == {s.name: dirs["root"] / s.archive for s in FILES}
+    assert location.searched == (("root", dirs["root"]),) and location.explicit
+
+
+def test_env_comes_second(dirs, monkeypatch):
+    monkeypatch.setenv("BNLAB_DATA", str(dirs["env"]))
+    location = locate()
+    assert (location.kind, location.directory, location.explicit) == ("env", dirs["env"], True)
+
+
+def test_cache_comes_before_system(dirs):
+    location = locate()
+    assert (location.kind, location.directory, location.explicit) == ("cache", dirs["cache"], False)
+
+
+def test_system_is_used_when_the_cache_is_incomplete(dirs):
+    (dirs["cache"] / "t10k-labels-idx1-ubyte.gz").unlink()
+    location = locate()
+    assert (location.kind, location.directory) == ("system", dirs["system"])
+    assert location.searched == (("cache", dirs["cache"]), ("system", dirs["system"]))
+
+
+@pytest.mark.parametrize("kind", ["root", "env"])
+def test_explicit_directory_never_falls_back(dirs, monkeypatch, kind):
+    (dirs[kind] / "train-images-idx3-ubyte.gz").unlink()
+    if kind == "env":
+        monkeypatch.setenv("BNLAB_DATA", str(dirs["env"]))
+    with pytest.raises(DatasetError) as info:
+        locate(dirs["root"] if kind == "root" else None, download=False)
+    assert info.value.file == str(dirs[kind])
+    assert "3 of 4 files, train-images-idx3-ubyte.gz missing" in info.value.found
+
+
+def test_explicit_directory_downloads_into_itself_and_reports_failure(dirs):
+    (dirs["root"] / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DatasetError) as info:  # the isolated config's mirror is a closed port
+        locate(dirs["root"], download=True)
+    assert info.value.file == str(dirs["root"] / "t10k-images-idx3-ubyte.gz")
+    assert "127.0.0.1:9/t10k-images-idx3-ubyte.gz" in info.value.found
+    assert "bnlab data download" in info.value.fix
+
+
+def test_nothing_found_names_every_place_searched(isolated):
+    with pytest.raises(DatasetError) as info:
+        locate(download=False)
+    message = str(info.value)
+    assert str(user_cache_dir()) in message and str(isolated / "system") in message
+    assert "apt install dataset-fashion-mnist" in message and "--data-dir" in message
+
+
+def test_root_that_is_a_file_is_an_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatasetError, match="found a file"):
+        locate(tmp_path / "file")
+
+
+def test_uncompressed_files_are_found_and_gz_preferred(tmp_path, make_tiny):
+    make_tiny(tmp_path / "raw", gz=False)
+    assert locate(tmp_path / "raw").paths["train-images-idx3-ubyte"].name == (
+        "train-images-idx3-ubyte"
+    )
+    make_tiny(tmp_path / "raw", gz=True)
+    assert all(p.suffix == ".gz" for p in locate(tmp_path / "raw").paths.values())
+
+
+def test_partial_download_leftovers_are_not_files(tmp_path, make_tiny):
+    tiny = make_tiny(tmp_path / "d")
+    victim = tiny.directory / "train-labels-idx1-ubyte.gz"
+    victim.rename(tiny.directory / ".train-labels-idx1-ubyte.gz.abc123.part")
+    with pytest.raises(DatasetError, match="train-labels-idx1-ubyte.gz missing"):
+        locate(tiny.directory)
+
+
+def test_cache_dir_follows_xdg_then_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert user_cache_dir() == tmp_path / "x" / "bnlab" / "fashion-mnist"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")  # XDG: relative paths are invalid
+    assert user_cache_dir() == tmp_path / "home" / ".cache" / "bnlab" / "fashion-mnist"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert user_cache_dir() == tmp_path / "home" / ".cache" / "bnlab" / "fashion-mnist"
