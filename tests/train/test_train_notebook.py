@@ -17,13 +17,6 @@ from bnlab.data import TensorLoader
 NOTEBOOK_IMPORT = (
     "from bnlab import train_classify, GPUMemoryManager, load_data_fashion_mnist, BatchNorm"
 )
-# Until bnlab/__init__.py re-exports these names; then NOTEBOOK_IMPORT alone must work.
-SUBMODULE_IMPORT = """\
-from bnlab.train import train_classify
-from bnlab.memory import GPUMemoryManager
-from bnlab.data import load_data_fashion_mnist
-from bnlab import BatchNorm"""
-
 CELL_2 = """\
 import torch
 from torch import nn
@@ -74,14 +67,6 @@ TEST_LINE = re.compile(rf"^Epoch: 1, test loss: {FLOAT}, test acc: {FLOAT}$")
 BAR = re.compile(r"^Epoch 1: 100%\|.*\| 9/9 \[.*it/s, accuracy=[\d.]+, loss=[\d.e-]+\]$")
 
 
-def _imports() -> str:
-    try:
-        exec(NOTEBOOK_IMPORT, {})
-    except ImportError:
-        return SUBMODULE_IMPORT
-    return NOTEBOOK_IMPORT
-
-
 def _generated_fashion_mnist(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (n, 28, 28) images: a per-class pattern plus noise; labels (n,)."""
     patterns = torch.rand(10, 28, 28, generator=torch.Generator().manual_seed(99))
@@ -113,7 +98,7 @@ def _independent_test_metrics(net, loader) -> tuple[float, float]:
 
 def test_notebook_cells_run_and_print_the_expected_lines(capsys):
     namespace: dict = {}
-    exec(CELL_2.format(imports=_imports()), namespace)
+    exec(CELL_2.format(imports=NOTEBOOK_IMPORT), namespace)
     torch.manual_seed(0)
     namespace["train_loader"] = TensorLoader(
         *_generated_fashion_mnist(520, 1), 64, shuffle=True, seed=0
@@ -149,6 +134,6 @@ def test_notebook_cells_run_and_print_the_expected_lines(capsys):
 
 def test_memory_manager_from_the_notebook_import():
     namespace: dict = {}
-    exec(_imports(), namespace)
+    exec(NOTEBOOK_IMPORT, namespace)
     summary = namespace["GPUMemoryManager"]("cpu").summary()
     assert isinstance(summary, str) and "cpu" in summary

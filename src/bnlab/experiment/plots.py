@@ -1,0 +1,71 @@
+"""Training curves as PNG files (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..train import History
+
+__all__ = ["plot_curves", "plot_overlay"]
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # no display needed; also safe inside notebooks' files
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.set(xlabel="epoch", ylabel="loss (mean per sample)", title="Loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    return plt, fig, ax_loss, ax_acc
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Write atomically: a half-written PNG never replaces a good one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def plot_curves(history: History, path: str | os.PathLike[str], title: str = "") -> Path:
+    """Train/test loss and accuracy per epoch of one run, side by side."""
+    plt, fig, ax_loss, ax_acc = _figure()
+    epochs = history.epochs
+    ax_loss.plot(epochs, history.column("train_loss"), "o-", label="train")
+    ax_loss.plot(epochs, history.column("test_loss"), "s--", label="test")
+    ax_acc.plot(epochs, history.column("train_acc"), "o-", label="train")
+    ax_acc.plot(epochs, history.column("test_acc"), "s--", label="test")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(plt, fig, Path(path))
+
+
+def plot_overlay(histories: Mapping[str, History], path: str | os.PathLike[str]) -> Path:
+    """Several runs on one figure: train loss and test accuracy per epoch, one line each."""
+    plt, fig, ax_loss, ax_acc = _figure()
+    ax_loss.set_title("Training loss")
+    ax_acc.set_title("Test accuracy")
+    for name, history in histories.items():
+        (line,) = ax_loss.plot(history.epochs, history.column("train_loss"), "o-", label=name)
+        ax_acc.plot(history.epochs, history.column("test_acc"), "o-", color=line.get_color(),
+                    label=name)
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return _save(plt, fig, Path(path))

@@ -1,0 +1,172 @@
+"""One training run with its outputs: checkpoint every epoch, metrics, curves, resume.
+
+Output directory layout::
+
+    OUT/checkpoint/     model + optimizer (safetensors), run state (JSON); every epoch
+    OUT/metrics.csv     one row per completed epoch
+    OUT/metrics.json    {"config": ..., "history": [...], "summary": {...}}
+    OUT/curves.png      loss and accuracy per epoch
+
+A resumed run continues after the last completed epoch and ends bitwise-identical to an
+uninterrupted one: weights, optimizer state and RNG states come from the checkpoint, and the
+data order is a pure function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    read_checkpoint_state,
+    restore_rng_state,
+    save_checkpoint,
+)
+from ..data import load_data_fashion_mnist
+from ..data.atomic import write_bytes_atomically
+from ..device import select_device
+from ..models import build_model, count_parameters
+from ..train import EpochRecord, History, train_classify
+from .config import TrainConfig
+from .plots import plot_curves
+
+__all__ = ["RunError", "RunResult", "build_optimizer", "run_training", "seed_everything"]
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+class RunError(Exception):
+    """The run cannot start as asked (e.g. it would overwrite a checkpoint)."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves: its full history, the model and where outputs are."""
+
+    config: TrainConfig
+    history: History
+    model: nn.Module
+    out_dir: Path
+    parameters: int
+    resumed_from: int  # the last epoch the checkpoint had completed (0: fresh run)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices), Python's ``random`` and NumPy's global generator."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def write_metrics(out_dir: Path, config: TrainConfig, history: History) -> None:
+    """metrics.csv and metrics.json, each replaced atomically."""
+    summary: dict[str, Any] = {}
+    if len(history):
+        summary = {
+            "epochs": len(history),
+            "final_test_acc": history.final_test_acc,
+            "best_test_acc": history.best_test_acc,
+            "best_epoch": history.best_epoch,
+            "final_train_loss": history.final_train_loss,
+            "mean_epoch_seconds": history.mean_epoch_seconds,
+            "peak_memory_bytes": history.peak_memory_bytes,
+        }
+    document = {"config": config.to_dict(), "history": history.to_dict(), "summary": summary}
+    write_bytes_atomically(out_dir / "metrics.json",
+                           (json.dumps(document, indent=2) + "\n").encode())
+    tmp = out_dir / ".metrics.csv.tmp"
+    history.to_csv(tmp)
+    write_bytes_atomically(out_dir / "metrics.csv", tmp.read_bytes())
+    tmp.unlink()
+
+
+def _resume_point(config: TrainConfig, ckpt_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint's run state when resuming, None for a fresh run."""
+    has_checkpoint = ckpt_dir.exists()
+    if not resume:
+        if has_checkpoint:
+            raise RunError(f"{ckpt_dir.parent} already holds a run; pass --resume to continue "
+                           "it or choose another --out")
+        return None
+    if not has_checkpoint:
+        return None
+    state = read_checkpoint_state(ckpt_dir)
+    saved = TrainConfig.from_dict(state.get("config", {}))
+    if diff := saved.mismatches(config):
+        raise RunError(f"cannot resume {ckpt_dir}: settings differ from the checkpoint's: "
+                       + "; ".join(diff))
+    return state
+
+
+def run_training(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Train ``config`` writing outputs to ``out_dir`` (see the module docstring).
+
+    ``resume``: continue from ``out_dir/checkpoint`` after its last completed epoch (a fresh
+    run when there is none). Without ``resume`` an existing checkpoint is never overwritten.
+    Raises RunError, ValueError, DatasetError or CheckpointError with a one-line message.
+    """
+    out = Path(out_dir)
+    ckpt_dir = out / CHECKPOINT_DIR
+    state = _resume_point(config, ckpt_dir, resume)
+    device = select_device(config.device)
+    seed_everything(config.seed)
+    model = build_model(config.model, config.norm)  # seeded initialisation, on the CPU
+    train_loader, test_loader = load_data_fashion_mnist(
+        config.batch_size, root=config.data_dir, device=device, seed=config.seed,
+        download=config.download, limit=config.limit,
+    )
+    model.to(device)
+    optimizer = build_optimizer(config, model.parameters())
+    history, done = History(), 0
+    if state is not None:
+        load_checkpoint(ckpt_dir, model=model, optimizer=optimizer, map_location=device)
+        restore_rng_state(state["rng"])
+        history = History.from_dict({"epochs": state["history"]})
+        done = int(state["epoch"])
+        print(f"Resuming {out} after epoch {done} of {config.epochs}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    train_loader.set_epoch(done)  # epoch k (1-based) uses the loader's epoch k - 1
+
+    def on_epoch_end(record: EpochRecord, net: nn.Module, opt: torch.optim.Optimizer) -> None:
+        history.append(record)
+        save_checkpoint(ckpt_dir, model=net, optimizer=opt, state={
+            "epoch": record.epoch,
+            "config": config.to_dict(),
+            "history": history.to_dict()["epochs"],
+            "rng": capture_rng_state(),
+        })
+        write_metrics(out, config, history)
+
+    train_classify(
+        model, train_loader, test_loader, optimizer, torch.nn.CrossEntropyLoss(), config.epochs,
+        device=device, progress=progress, start_epoch=done + 1, on_epoch_end=on_epoch_end,
+        max_steps=config.max_steps,
+    )
+    if len(history):
+        plot_curves(history, out / "curves.png",
+                    title=f"{config.model}, norm={config.norm}, seed={config.seed}")
+    return RunResult(config, history, model, out, count_parameters(model), done)

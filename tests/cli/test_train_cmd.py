@@ -1,0 +1,145 @@
+"""The CLI end to end on tiny data: train, compare, eval, inspect, and every bad value."""
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from bnlab.cli import main
+
+QUICK = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--no-download",
+         "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def trained(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run(capsys, "train", "--data-dir", str(tiny_data), *QUICK, "--out",
+                          str(out))
+    assert code == 0, stdout
+    return out, stdout
+
+
+def test_train_prints_notebook_lines_and_summary(trained):
+    out, stdout = trained
+    assert "Epoch: 1, loss: " in stdout and "Epoch: 1, test loss: " in stdout
+    assert "lenet norm=bnlab: final test acc" in stdout
+    assert {p.name for p in out.iterdir()} >= {"metrics.csv", "metrics.json", "curves.png",
+                                               "checkpoint"}
+
+
+def test_eval_reproduces_the_last_test_accuracy(trained, capsys):
+    out, stdout = trained
+    code, ev, _ = run(capsys, "eval", str(out), "--device", "cpu", "--batch-size", "50")
+    assert code == 0
+    last_acc = float(stdout.split("test acc: ")[-1].split()[0])
+    assert f"test acc {last_acc:.2f}%" in ev
+
+
+def test_inspect_shows_each_bn_layer(trained, capsys):
+    out, _ = trained
+    code, text, _ = run(capsys, "inspect", str(out / "checkpoint"))
+    assert code == 0
+    for layer in ("layer 1: BatchNorm2d(6)", "layer 5: BatchNorm2d(16)",
+                  "layer 10: BatchNorm1d(120)", "layer 13: BatchNorm1d(84)"):
+        assert layer in text
+    assert text.count("gamma") == 4 and text.count("running var") == 4
+
+
+def test_compare_prints_the_table(tiny_data, tmp_path, capsys):
+    code, out, _ = run(capsys, "compare", "--data-dir", str(tiny_data), *QUICK, "--max-steps",
+                       "3", "--out", str(tmp_path / "cmp"))
+    assert code == 0
+    assert "| model | final test acc (%) |" in out
+    for label in ("LeNet (no BN)", "LeNet + bnlab BN", "LeNet + torch BN"):
+        assert label in out
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for snippet in ("--epochs EPOCHS", "(default: 10)", "(default: 64)", "(default: adamw)",
+                    "(default: 0.001)", "(default: 0.01)", "(default: auto)"):
+        assert snippet in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "-1"], "argument --epochs: must be a positive integer, got -1"),
+    (["train", "--epochs", "ten"], "expected a positive integer, got 'ten'"),
+    (["train", "--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
+    (["train", "--lr", "0"], "argument --lr: must be a positive number"),
+    (["compare", "--batch-size", "0"], "must be a positive integer, got 0"),
+])
+def test_bad_values_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_unknown_device_exits_2(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--device", "tpu"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unknown device 'tpu'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_data_without_network_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "train", "--data-dir", str(empty), *QUICK, "--out",
+                       str(tmp_path / "r"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(empty) in err
+
+
+def test_unreadable_checkpoint_exits_2(tmp_path, capsys):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "state.json").write_text("{not json")
+    for target in (tmp_path / "missing", tmp_path / "junk"):
+        code, _, err = run(capsys, "eval", str(target))
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_checkpoint_is_refused_and_never_runs(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "model.pt"
+    evil.write_bytes(pickle.dumps(Payload(marker)))
+    for command in ("eval", "inspect"):
+        code, _, err = run(capsys, command, str(evil))
+        assert code == 2 and "pickle" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_diverging_training_stops_with_epoch_and_batch(tiny_data, tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--data-dir", str(tiny_data), *QUICK, "--optimizer",
+                       "sgd", "--lr", "1e30", "--out", str(tmp_path / "r"))
+    assert code == 2 and "epoch 1" in err.lower() and "batch" in err.lower()
+
+
+def test_python_dash_m_runs_the_cli_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bnlab", "eval", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "nope" in proc.stderr

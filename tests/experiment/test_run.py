@@ -1,0 +1,104 @@
+"""run_training: outputs, determinism, checkpoint resume, refusals."""
+
+import csv
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from bnlab.checkpoint import read_checkpoint_state
+from bnlab.experiment import RunError, TrainConfig, run_training
+from bnlab.experiment import run as run_module
+
+
+def config(tiny_data, **kwargs):
+    base = dict(epochs=2, batch_size=32, data_dir=str(tiny_data), download=False, device="cpu")
+    base.update(kwargs)
+    return TrainConfig(**base)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_outputs_are_written_and_agree(tiny_data, tmp_path):
+    result = run_training(config(tiny_data), tmp_path / "run", progress=False)
+    out = tmp_path / "run"
+    assert {p.name for p in out.iterdir()} >= {"metrics.csv", "metrics.json", "curves.png",
+                                               "checkpoint"}
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["config"]["norm"] == "bnlab"
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == len(doc["history"]["epochs"]) == 2
+    for row, record in zip(rows, result.history):
+        assert float(row["test_acc"]) == record.test_acc
+    assert doc["summary"]["final_test_acc"] == result.history.final_test_acc
+    assert read_checkpoint_state(out / "checkpoint")["epoch"] == 2
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.parameters == 44878
+
+
+def test_same_seed_gives_bitwise_identical_runs(tiny_data, tmp_path):
+    a = run_training(config(tiny_data), tmp_path / "a", progress=False)
+    b = run_training(config(tiny_data), tmp_path / "b", progress=False)
+    assert [r.metrics() for r in a.history] == [r.metrics() for r in b.history]
+    assert_bitwise_equal(weights(a.model), weights(b.model))
+    c = run_training(config(tiny_data, seed=1), tmp_path / "c", progress=False)
+    assert [r.metrics() for r in c.history] != [r.metrics() for r in a.history]
+
+
+def test_resume_after_an_interruption_ends_bitwise_identical(tiny_data, tmp_path, monkeypatch):
+    full = run_training(config(tiny_data, epochs=3), tmp_path / "full", progress=False)
+
+    real_write = run_module.write_metrics
+
+    def crash_after_epoch_two(out_dir, cfg, history):
+        real_write(out_dir, cfg, history)
+        if len(history) == 2:
+            raise KeyboardInterrupt  # the process dies after epoch 2's checkpoint
+
+    monkeypatch.setattr(run_module, "write_metrics", crash_after_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config(tiny_data, epochs=3), tmp_path / "cut", progress=False)
+    monkeypatch.setattr(run_module, "write_metrics", real_write)
+    resumed = run_training(config(tiny_data, epochs=3), tmp_path / "cut", resume=True,
+                           progress=False)
+    assert resumed.resumed_from == 2
+    assert [r.metrics() for r in resumed.history] == [r.metrics() for r in full.history]
+    assert_bitwise_equal(weights(resumed.model), weights(full.model))
+
+
+def test_resume_can_extend_a_finished_run(tiny_data, tmp_path):
+    full = run_training(config(tiny_data, epochs=3), tmp_path / "full", progress=False)
+    run_training(config(tiny_data, epochs=1), tmp_path / "grow", progress=False)
+    grown = run_training(config(tiny_data, epochs=3), tmp_path / "grow", resume=True,
+                         progress=False)
+    assert_bitwise_equal(weights(grown.model), weights(full.model))
+
+
+def test_existing_run_is_never_overwritten(tiny_data, tmp_path):
+    run_training(config(tiny_data, epochs=1), tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes()
+    with pytest.raises(RunError, match="already holds a run; pass --resume"):
+        run_training(config(tiny_data, epochs=1), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes() == before
+
+
+def test_resume_refuses_different_settings(tiny_data, tmp_path):
+    run_training(config(tiny_data, epochs=1), tmp_path / "run", progress=False)
+    with pytest.raises(RunError, match="lr: 0.01 \\(checkpoint has 0.001\\)"):
+        run_training(config(tiny_data, lr=0.01), tmp_path / "run", resume=True, progress=False)
+
+
+def test_config_validation_names_every_problem():
+    with pytest.raises(ValueError, match="unknown model 'vgg'.*epochs must be a positive"):
+        TrainConfig(model="vgg", epochs=-1)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        replace(TrainConfig(), optimizer="lbfgs")
