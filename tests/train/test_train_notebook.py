@@ -1,9 +1,10 @@
 """The users' notebook, cells In [2] and In [6]-[9] verbatim, on small generated data.
 
-Changes to the cells: the three ``utils`` imports become the one bnlab import,
-``load_data_fashion_mnist(64)`` (In [3]) is replaced by loaders over generated images, and
-``num_epochs=10`` becomes ``num_epochs=1``. Cells In [4]/[5] define the notebook's own
-hand-written BatchNorm; with bnlab they are not run (bnlab's ``BatchNorm`` takes their place).
+Changes to the cells: the three ``utils`` imports become the one bnlab import, and
+``num_epochs=10`` becomes ``num_epochs=1``. ``load_data_fashion_mnist(64)`` (In [3]) runs as
+written, finding small generated IDX files through ``$BNLAB_DATA``. Cells In [4]/[5] define
+the notebook's own hand-written BatchNorm; with bnlab they are not run (bnlab's ``BatchNorm``
+takes their place).
 """
 
 import re
@@ -11,8 +12,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-
-from bnlab.data import TensorLoader
+from tiny_fashion import write_tiny_fashion
 
 NOTEBOOK_IMPORT = (
     "from bnlab import train_classify, GPUMemoryManager, load_data_fashion_mnist, BatchNorm"
@@ -24,6 +24,8 @@ from torch import nn
 
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 """
+
+CELL_3 = "train_loader, test_loader = load_data_fashion_mnist(64)"
 
 CELL_6 = """\
 net = nn.Sequential(
@@ -67,15 +69,6 @@ TEST_LINE = re.compile(rf"^Epoch: 1, test loss: {FLOAT}, test acc: {FLOAT}$")
 BAR = re.compile(r"^Epoch 1: 100%\|.*\| 9/9 \[.*it/s, accuracy=[\d.]+, loss=[\d.e-]+\]$")
 
 
-def _generated_fashion_mnist(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (n, 28, 28) images: a per-class pattern plus noise; labels (n,)."""
-    patterns = torch.rand(10, 28, 28, generator=torch.Generator().manual_seed(99))
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    images = 0.6 * patterns[labels] + 0.4 * torch.rand(n, 28, 28, generator=g)
-    return (images * 255).to(torch.uint8), labels
-
-
 def _run_cell(source: str, namespace: dict):
     """Run a cell like IPython: statements, then the value of the last line."""
     *body, last = source.replace("num_epochs=10", "num_epochs=1").rstrip().splitlines()
@@ -96,14 +89,15 @@ def _independent_test_metrics(net, loader) -> tuple[float, float]:
     return loss_sum / n, 100 * correct / n
 
 
-def test_notebook_cells_run_and_print_the_expected_lines(capsys):
+def test_notebook_cells_run_and_print_the_expected_lines(capsys, tmp_path, monkeypatch):
+    # 520 training images: 8 batches of 64 and one of 8, like the real uneven last batch.
+    monkeypatch.setenv("BNLAB_DATA", str(write_tiny_fashion(tmp_path / "data", 520, 200)))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     namespace: dict = {}
     exec(CELL_2.format(imports=NOTEBOOK_IMPORT), namespace)
     torch.manual_seed(0)
-    namespace["train_loader"] = TensorLoader(
-        *_generated_fashion_mnist(520, 1), 64, shuffle=True, seed=0
-    )  # 8 batches of 64 and one of 8, like the real loader's uneven last batch
-    namespace["test_loader"] = TensorLoader(*_generated_fashion_mnist(200, 2), 64)
+    exec(CELL_3, namespace)
+    assert (len(namespace["train_loader"]), len(namespace["test_loader"])) == (9, 4)
     capsys.readouterr()
 
     results = []

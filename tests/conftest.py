@@ -1,10 +1,9 @@
-import sys
+"""Fixtures shared across the test packages."""
+
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_fashion import write_tiny_fashion  # noqa: E402
+from tiny_fashion import write_tiny_fashion
 
 
 @pytest.fixture
