@@ -33,10 +33,11 @@ def test_functional_channel_mismatch():
         BF.batch_norm(torch.randn(2, 4), torch.zeros(3), torch.ones(3), training=True)
 
 
-@pytest.mark.parametrize("layer, shape", [(bnlab.BatchNorm1d(3), (1, 3)),
-                                          (bnlab.BatchNorm2d(3), (1, 3, 1, 1)),
-                                          (bnlab.BatchNorm1d(3), (1, 3, 1))])
-def test_one_value_per_channel_in_training_raises(layer, shape):
+@pytest.mark.parametrize("cls, shape", [(bnlab.BatchNorm1d, (1, 3)),
+                                        (bnlab.BatchNorm2d, (1, 3, 1, 1)),
+                                        (bnlab.BatchNorm1d, (1, 3, 1))])
+def test_one_value_per_channel_in_training_raises(cls, shape):
+    layer = cls(3)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
         layer(torch.randn(shape))
     assert layer.running_mean.abs().sum() == 0  # nothing moved

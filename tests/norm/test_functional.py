@@ -80,3 +80,17 @@ def test_never_calls_torch_batch_norm(monkeypatch):
     x = torch.randn(4, 3, 5, requires_grad=True)
     BF.batch_norm(x, torch.zeros(3), torch.ones(3), training=True).sum().backward()
     BF.batch_norm(x, torch.zeros(3), torch.ones(3), training=False).sum().backward()
+
+
+def test_kernel_choice_is_honoured(kernel):
+    x = torch.randn(8, 3, 4, requires_grad=True)
+    y = BF.batch_norm(x, torch.zeros(3), torch.ones(3), training=True)
+    expected = "FusedBatchNormFunction" if kernel == "fused" else "BatchNormFunction"
+    assert type(y.grad_fn).__name__ == expected + "Backward"
+    half = BF.batch_norm(x.detach().half(), None, None, training=True)  # fused: float32/64 only
+    assert type(half.grad_fn).__name__ != "FusedBatchNormFunctionBackward"
+
+
+def test_unknown_kernel_is_named():
+    with pytest.raises(ValueError, match="kernel must be one of auto, fused, reference"):
+        BF.batch_norm(torch.randn(4, 3), None, None, training=True, kernel="cuda")

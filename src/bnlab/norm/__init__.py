@@ -3,6 +3,7 @@
 from .convert import convert, is_batch_norm
 from .functional import batch_norm, batch_stats, normalize, update_running_stats
 from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
+from .sync import SyncBatchNorm, convert_sync_batchnorm, sync_batch_norm
 
 __all__ = [
     "BatchNorm",
@@ -10,10 +11,13 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "BatchNormBase",
+    "SyncBatchNorm",
     "batch_norm",
     "batch_stats",
     "convert",
+    "convert_sync_batchnorm",
     "is_batch_norm",
     "normalize",
+    "sync_batch_norm",
     "update_running_stats",
 ]

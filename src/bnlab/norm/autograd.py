@@ -66,30 +66,51 @@ class BatchNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, mean, invstd, weight = ctx.saved_tensors
         need_x, _, _, need_w, need_b, _, _ = ctx.needs_input_grad
-        dims = reduce_dims(x)
-        xc = x.to(invstd.dtype)
-        g = dy.to(invstd.dtype)
-        if ctx.batch_statistics and torch.is_grad_enabled():
-            # Double backward: rebuild the statistics from x inside the graph.
-            var, mean = torch.var_mean(xc, dim=dims, correction=0)
-            invstd = torch.rsqrt(var + ctx.eps)
-        xmu = xc - channel_view(mean, x)
-        sum_dy = g.sum(dims)
-        sum_dy_xmu = (g * xmu).sum(dims) if (need_w or (need_x and ctx.batch_statistics)) else None
-
-        dx = dweight = dbias = None
-        if need_x:
-            scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-            if ctx.batch_statistics:
-                n = x.numel() // x.shape[1]
-                proj = invstd * invstd * sum_dy_xmu / n
-                dx = (g - channel_view(sum_dy / n, x) - xmu * channel_view(proj, x))
-                dx = dx * channel_view(scale, x)
-            else:
-                dx = g * channel_view(scale, x)
-            dx = dx.to(x.dtype)
-        if need_w and weight is not None:
-            dweight = (sum_dy_xmu * invstd).to(weight.dtype)
-        if need_b and ctx.bias_dtype is not None:
-            dbias = sum_dy.to(ctx.bias_dtype)
+        dx, dweight, dbias = closed_form_grads(
+            dy, x, mean, invstd, weight, ctx.eps, ctx.batch_statistics,
+            (need_x, need_w, need_b), ctx.bias_dtype,
+        )
         return dx, None, None, dweight, dbias, None, None
+
+
+def closed_form_grads(
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    batch_statistics: bool,
+    needs: tuple[bool, bool, bool],
+    bias_dtype: torch.dtype | None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(dx, dweight, dbias)`` by the formulas in the module docstring (None where not
+    needed). Differentiable: under grad mode (double backward) the batch statistics are
+    recomputed from ``x`` so that the graph reaches ``x`` through them too."""
+    need_x, need_w, need_b = needs
+    dims = reduce_dims(x)
+    xc = x.to(invstd.dtype)
+    g = dy.to(invstd.dtype)
+    if batch_statistics and torch.is_grad_enabled():
+        var, mean = torch.var_mean(xc, dim=dims, correction=0)
+        invstd = torch.rsqrt(var + eps)
+    xmu = xc - channel_view(mean, x)
+    sum_dy = g.sum(dims)
+    sum_dy_xmu = (g * xmu).sum(dims) if (need_w or (need_x and batch_statistics)) else None
+
+    dx = dweight = dbias = None
+    if need_x:
+        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+        if batch_statistics:
+            n = x.numel() // x.shape[1]
+            proj = invstd * invstd * sum_dy_xmu / n
+            dx = (g - channel_view(sum_dy / n, x) - xmu * channel_view(proj, x))
+            dx = dx * channel_view(scale, x)
+        else:
+            dx = g * channel_view(scale, x)
+        dx = dx.to(x.dtype)
+    if need_w and weight is not None:
+        dweight = (sum_dy_xmu * invstd).to(weight.dtype)
+    if need_b and bias_dtype is not None:
+        dbias = sum_dy.to(bias_dtype)
+    return dx, dweight, dbias

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .autograd import BatchNormFunction, compute_dtype, reduce_dims
+from .fused import FusedBatchNormFunction, use_fused
 
 __all__ = ["batch_norm", "batch_stats", "normalize", "update_running_stats", "compute_dtype"]
 
@@ -111,6 +112,8 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    kernel: str | None = None,
 ) -> Tensor:
     """Batch normalization of ``input`` (N, C, *) — the contract of ``F.batch_norm``.
 
@@ -119,6 +122,10 @@ def batch_norm(
     of the new value; the running variance takes the unbiased estimate). Otherwise:
     normalize with the running statistics. ``weight``/``bias`` (C,) scale and shift.
     Half/bfloat16 input is computed in float32 and returned in its own dtype.
+
+    ``kernel``: ``"reference"`` (the tensor-op pieces of this module), ``"fused"`` (bnlab's
+    C++ CPU kernels) or ``"auto"`` (fused where it applies: float32/64 on the CPU); default
+    ``$BNLAB_KERNEL`` or ``"auto"``.
     """
     _check_args(input, running_mean, running_var, weight, bias, training)
     if input.numel() == 0:
@@ -129,6 +136,9 @@ def batch_norm(
         if bias is not None:
             out = out + bias.reshape(-1)[:1].to(out.dtype).sum()
         return out
+    if use_fused(kernel, input, weight, bias, running_mean, running_var):
+        return FusedBatchNormFunction.apply(input, weight, bias, running_mean, running_var,
+                                            training, momentum, eps)
     if training:
         mean, var = batch_stats(input)
         count = input.numel() // input.shape[1]

@@ -1,0 +1,169 @@
+"""Targets 2-4: LeNet training with bnlab BN against torch BN and the notebook's approach.
+
+2. training throughput, bnlab BN / torch BN, batch 64 and 256 (ratio of steps per second);
+3. peak memory of one training step, bnlab BN / torch BN (each in a fresh process);
+4. one epoch end to end (training + test evaluation, real data): the notebook's approach
+   (per-sample DataLoader + its hand-written BN) / bnlab, and bnlab / LeNet without BN.
+
+Run: ``python -m benchmarks.training [--repeats 5] [--skip-epoch]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+from bnlab.data import FashionMNIST, load_data_fashion_mnist
+from bnlab.models import lenet
+from bnlab.train import train_classify
+
+from .notebook_bn import notebook_lenet
+from .timing import Ratio, interleaved_ratio
+
+
+def training_step(model: nn.Module, batch: int, seed: int = 0):
+    """A closure running one AdamW step of ``model`` on a fixed random batch."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (batch,), generator=gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def throughput(repeats: int) -> list[tuple[int, Ratio]]:
+    rows = []
+    for batch in (64, 256):
+        torch.manual_seed(0)
+        ours = training_step(lenet("bnlab"), batch)
+        theirs = training_step(lenet("torch"), batch)
+        rows.append((batch, interleaved_ratio(ours, theirs, repeats=repeats, iters=30)))
+    return rows
+
+
+PEAK_SCRIPT = """
+import json, sys, torch
+from benchmarks.training import training_step
+from bnlab.models import lenet
+from bnlab.memory import GPUMemoryManager
+torch.manual_seed(0)
+step = training_step(lenet(sys.argv[1]), int(sys.argv[2]))
+for _ in range(3):
+    step()
+mm = GPUMemoryManager("cpu")
+mm.reset_peak()
+base = mm.current()
+step()
+print(json.dumps({"peak": mm.peak() - base}))
+"""
+
+
+def step_peak(norm: str, batch: int) -> int:
+    """Peak RSS growth of one training step, in a fresh process. A fixed small mmap
+    threshold makes every tensor its own mapping, so RSS follows live tensor memory."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, norm, str(batch)], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+
+
+def peak_memory(repeats: int) -> list[tuple[int, list[float], int, int]]:
+    rows = []
+    for batch in (64, 256):
+        ratios, ours, theirs = [], [], []
+        for _ in range(max(1, repeats // 2)):
+            a, b = step_peak("bnlab", batch), step_peak("torch", batch)
+            ours.append(a)
+            theirs.append(b)
+            ratios.append(a / b)
+        rows.append((batch, ratios, min(ours), min(theirs)))
+    return rows
+
+
+def notebook_loaders(batch: int):
+    """The notebook's data path: a per-sample Dataset through torch's DataLoader."""
+    def to_tensor(img: torch.Tensor) -> torch.Tensor:
+        return img.to(torch.float32).div(255).unsqueeze(0)
+
+    train = FashionMNIST(train=True, transform=to_tensor)
+    test = FashionMNIST(train=False, transform=to_tensor)
+    return (torch.utils.data.DataLoader(train, batch_size=batch, shuffle=True),
+            torch.utils.data.DataLoader(test, batch_size=batch, shuffle=False))
+
+
+def epoch_seconds(model: nn.Module, loaders) -> float:
+    """Wall time of one epoch of training plus test evaluation, as train_classify runs it."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    start = time.perf_counter()
+    train_classify(model, *loaders, opt, nn.CrossEntropyLoss(), 1, progress=False)
+    return time.perf_counter() - start
+
+
+def end_to_end(repeats: int) -> dict[str, list[float]]:
+    fast = load_data_fashion_mnist(64, seed=0)
+    slow = notebook_loaders(64)
+    runs: dict[str, list[float]] = {"notebook": [], "bnlab": [], "none": []}
+    for _ in range(repeats):
+        torch.manual_seed(0)
+        runs["notebook"].append(epoch_seconds(notebook_lenet(), slow))
+        torch.manual_seed(0)
+        runs["bnlab"].append(epoch_seconds(lenet("bnlab"), fast))
+        torch.manual_seed(0)
+        runs["none"].append(epoch_seconds(lenet("none"), fast))
+    return runs
+
+
+def _summary(values: list[float]) -> str:
+    v = sorted(values)
+    return f"{v[0]:.2f} / {v[len(v) // 2]:.2f} / {v[-1]:.2f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-epoch", action="store_true", help="skip target 4 (minutes)")
+    args = parser.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("Target 2: LeNet-BN training steps, time bnlab / torch (<= 1.0 means bnlab is "
+          "at least as fast)")
+    print("| batch | bnlab ms/step | torch ms/step | ratio min / median / max | target |")
+    print("|---|---|---|---|---|")
+    for batch, r in throughput(args.repeats):
+        print(f"| {batch} | {r.candidate_s * 1e3:.2f} | {r.baseline_s * 1e3:.2f} | {r.summary} "
+              "| <= 1.0 |")
+    print("\nTarget 3: peak memory of one training step, bnlab / torch")
+    print("| batch | bnlab MiB | torch MiB | ratio min / median / max | target |")
+    print("|---|---|---|---|---|")
+    for batch, ratios, ours, theirs in peak_memory(args.repeats):
+        print(f"| {batch} | {ours / 2**20:.1f} | {theirs / 2**20:.1f} | {_summary(ratios)} "
+              "| <= 1.0 |")
+    if args.skip_epoch:
+        return
+    runs = end_to_end(max(1, args.repeats // 2))
+    speedup = [a / b for a, b in zip(runs["notebook"], runs["bnlab"])]
+    overhead = [b / c for b, c in zip(runs["bnlab"], runs["none"])]
+    print("\nTarget 4: one epoch (batch 64, real data, training + test evaluation), seconds")
+    print("| notebook approach | bnlab BN | LeNet without BN | notebook / bnlab | "
+          "bnlab / no-BN |")
+    print("|---|---|---|---|---|")
+    print(f"| {_summary(runs['notebook'])} | {_summary(runs['bnlab'])} | "
+          f"{_summary(runs['none'])} | {_summary(speedup)} (target >= 2.5) | "
+          f"{_summary(overhead)} (target <= 1.2) |")
+
+
+if __name__ == "__main__":
+    main()

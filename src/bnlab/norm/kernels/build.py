@@ -1,0 +1,75 @@
+"""Compile the fused CPU kernels once per machine and torch build, and load them.
+
+The shared library is built with the system C++ compiler straight from
+``cpu_kernels.cpp`` (no ninja, no pybind: the ops register themselves with torch's
+dispatcher) into ``$XDG_CACHE_HOME/bnlab/kernels/<hash>/``, keyed by the source, the torch
+version and the flags, and moved into place atomically so concurrent builds are safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+FLAGS = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp-simd", "-march=native",
+         "-Wno-unused-parameter"]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bnlab" / "kernels"
+
+
+def _command(output: Path) -> list[str]:
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX", "c++")
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
+    libdirs = cpp_extension.library_paths()
+    return [
+        compiler, str(SOURCE), "-o", str(output), *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        *includes, *[f"-L{d}" for d in libdirs], *[f"-Wl,-rpath,{d}" for d in libdirs],
+        "-lc10", "-ltorch_cpu",
+    ]
+
+
+def library_path() -> Path:
+    """Where the library for this source, torch build and compiler flags lives."""
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(torch.__version__.encode())
+    key.update(" ".join(FLAGS).encode())
+    key.update(sys.platform.encode())
+    return cache_dir() / key.hexdigest()[:16] / "bnlab_cpu_kernels.so"
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile the library unless it is cached; returns its path. Raises RuntimeError."""
+    target = library_path()
+    if target.exists():
+        return target
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        raise RuntimeError("no C++ compiler (c++ or $CXX) on PATH")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
+    os.close(fd)
+    try:
+        proc = subprocess.run(_command(Path(tmp)), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{proc.stderr[-4000:]}")
+        if verbose and proc.stderr:
+            print(proc.stderr, file=sys.stderr)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target

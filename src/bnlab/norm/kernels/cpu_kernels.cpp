@@ -1,0 +1,379 @@
+// bnlab's fused CPU batch-norm kernels, written from scratch (no call to torch's batch norm).
+//
+// Registered as torch.ops.bnlab.{forward_train, forward_eval, backward}. Two memory layouts:
+//   planar: x contiguous as (N, C, L): every (n, c) row of L values is contiguous;
+//   rows:   x as (M, C) rows of C values: 2-D input, and channels_last input (N, *, C).
+// Statistics are accumulated in double. The variance uses sums shifted by one sample of the
+// channel (the "shifted data" algorithm): with the shift within a few standard deviations of
+// the mean, S2 - S1^2/n cannot cancel catastrophically, and it needs one pass, not two.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kGrain = 1 << 15;  // elements of work below which one thread is faster
+
+struct Layout {
+  bool rows;  // (M, C) rows; else planar (N, C, L)
+  int64_t n, c, l;  // planar: N, C, L; rows: M, C, 1
+};
+
+bool is_channels_last(const Tensor& x) {
+  if (x.dim() == 4) return x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  if (x.dim() == 5) return x.is_contiguous(at::MemoryFormat::ChannelsLast3d);
+  return false;
+}
+
+// x in a layout the kernels read directly (a contiguous copy only for odd strides).
+std::pair<Tensor, Layout> canonical(const Tensor& x) {
+  const int64_t n = x.size(0), c = x.size(1);
+  const int64_t l = c == 0 || n == 0 ? 0 : x.numel() / (n * c);
+  if (x.dim() > 2 && !x.is_contiguous() && is_channels_last(x)) {
+    return {x, Layout{true, n * l, c, 1}};
+  }
+  Tensor xc = x.contiguous();
+  if (l == 1) return {xc, Layout{true, n, c, 1}};
+  return {xc, Layout{false, n, c, l}};
+}
+
+// t (shaped like x) in x's memory layout, so both are walked with the same offsets.
+Tensor like_layout(const Tensor& t, const Tensor& x, const Layout& lay) {
+  if (lay.rows && x.dim() > 2 && !x.is_contiguous()) {
+    return t.contiguous(x.dim() == 4 ? at::MemoryFormat::ChannelsLast
+                                     : at::MemoryFormat::ChannelsLast3d);
+  }
+  return t.contiguous();
+}
+
+template <typename T>
+void planar_shifted_sums(const T* x, const Layout& lay, std::vector<double>& s1,
+                         std::vector<double>& s2, std::vector<double>& shift) {
+  const int64_t N = lay.n, C = lay.c, L = lay.l;
+  at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
+                   [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const double k = static_cast<double>(x[c * L]);
+      double a = 0.0, b = 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* p = x + (n * C + c) * L;
+#pragma omp simd reduction(+ : a, b)
+        for (int64_t i = 0; i < L; ++i) {
+          const double d = static_cast<double>(p[i]) - k;
+          a += d;
+          b += d * d;
+        }
+      }
+      s1[c] = a;
+      s2[c] = b;
+      shift[c] = k;
+    }
+  });
+}
+
+// Rows layout: per-thread partial sums over row blocks, vectorized across channels.
+template <typename F>
+void rows_reduce(int64_t M, int64_t C, int nacc, std::vector<double>& out, F&& row_fn) {
+  const int threads = at::get_num_threads();
+  std::vector<double> partial(static_cast<size_t>(threads) * nacc * C, 0.0);
+  std::vector<char> used(threads, 0);
+  at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)),
+                   [&](int64_t r0, int64_t r1) {
+    const int t = at::get_thread_num();
+    used[t] = 1;
+    double* acc = partial.data() + static_cast<size_t>(t) * nacc * C;
+    for (int64_t r = r0; r < r1; ++r) row_fn(r, acc);
+  });
+  out.assign(static_cast<size_t>(nacc) * C, 0.0);
+  for (int t = 0; t < threads; ++t) {
+    if (!used[t]) continue;
+    const double* acc = partial.data() + static_cast<size_t>(t) * nacc * C;
+    for (int64_t j = 0; j < nacc * C; ++j) out[j] += acc[j];
+  }
+}
+
+template <typename T>
+void rows_shifted_sums(const T* x, const Layout& lay, std::vector<double>& s1,
+                       std::vector<double>& s2, std::vector<double>& shift) {
+  const int64_t M = lay.n, C = lay.c;
+  shift.assign(C, 0.0);
+  for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<double>(x[c]);
+  const double* k = shift.data();
+  std::vector<double> both;
+  rows_reduce(M, C, 2, both, [&](int64_t r, double* acc) {
+    const T* p = x + r * C;
+    double* a = acc;
+    double* b = acc + C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = static_cast<double>(p[c]) - k[c];
+      a[c] += d;
+      b[c] += d * d;
+    }
+  });
+  s1.assign(both.begin(), both.begin() + C);
+  s2.assign(both.begin() + C, both.end());
+}
+
+// y = (x - mean[c]) * scale[c] + shift[c]
+template <typename T>
+void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* scale,
+                  const T* shift) {
+  const int64_t N = lay.n, C = lay.c, L = lay.l;
+  if (lay.rows) {
+    at::parallel_for(0, N, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)),
+                     [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* p = x + r * C;
+        T* q = y + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) q[c] = (p[c] - mean[c]) * scale[c] + shift[c];
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, L)),
+                   [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t c = j % C;
+      const T m = mean[c], s = scale[c], b = shift[c];
+      const T* p = x + j * L;
+      T* q = y + j * L;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) q[i] = (p[i] - m) * s + b;
+    }
+  });
+}
+
+template <typename T>
+Tensor apply_stats(const Tensor& x, const Layout& lay, const Tensor& mean, const Tensor& invstd,
+                   const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias) {
+  const int64_t C = lay.c;
+  Tensor scale = weight.has_value() && weight->defined() ? invstd * *weight : invstd;
+  Tensor shift = bias.has_value() && bias->defined() ? bias->contiguous()
+                                                       : at::zeros({C}, invstd.options());
+  scale = scale.contiguous();
+  Tensor y = at::empty_like(x);
+  affine_apply<T>(x.data_ptr<T>(), y.data_ptr<T>(), lay, mean.data_ptr<T>(),
+                  scale.data_ptr<T>(), shift.data_ptr<T>());
+  return y;
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward_train(
+    const Tensor& input, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+    const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var,
+    double momentum, double eps) {
+  auto [x, lay] = canonical(input);
+  const int64_t C = lay.c;
+  const double count = static_cast<double>(lay.n) * lay.l;
+  Tensor mean = at::empty({C}, x.options());
+  Tensor invstd = at::empty({C}, x.options());
+  Tensor y;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_train", [&] {
+    std::vector<double> s1, s2, k;
+    s1.resize(C);
+    s2.resize(C);
+    k.resize(C);
+    if (lay.rows) {
+      rows_shifted_sums<scalar_t>(x.data_ptr<scalar_t>(), lay, s1, s2, k);
+    } else {
+      planar_shifted_sums<scalar_t>(x.data_ptr<scalar_t>(), lay, s1, s2, k);
+    }
+    scalar_t* m = mean.data_ptr<scalar_t>();
+    scalar_t* is = invstd.data_ptr<scalar_t>();
+    std::vector<double> var(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = s1[c] / count;
+      var[c] = std::max(0.0, (s2[c] - s1[c] * d) / count);
+      m[c] = static_cast<scalar_t>(k[c] + d);
+      is[c] = static_cast<scalar_t>(1.0 / std::sqrt(var[c] + eps));
+    }
+    if (running_mean.has_value() && running_mean->defined()) {
+      scalar_t* rm = running_mean->data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) {
+        rm[c] = static_cast<scalar_t>((1.0 - momentum) * rm[c] + momentum * (k[c] + s1[c] / count));
+      }
+    }
+    if (running_var.has_value() && running_var->defined()) {
+      scalar_t* rv = running_var->data_ptr<scalar_t>();
+      const double unbias = count / (count - 1.0);
+      for (int64_t c = 0; c < C; ++c) {
+        rv[c] = static_cast<scalar_t>((1.0 - momentum) * rv[c] + momentum * var[c] * unbias);
+      }
+    }
+    y = apply_stats<scalar_t>(x, lay, mean, invstd, weight, bias);
+  });
+  return {y, mean, invstd};
+}
+
+std::tuple<Tensor, Tensor> forward_eval(const Tensor& input, const Tensor& running_mean,
+                                        const Tensor& running_var,
+                                        const c10::optional<Tensor>& weight,
+                                        const c10::optional<Tensor>& bias, double eps) {
+  auto [x, lay] = canonical(input);
+  Tensor invstd = (running_var + eps).rsqrt();
+  Tensor mean = running_mean.contiguous();
+  Tensor y;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_eval", [&] {
+    y = apply_stats<scalar_t>(x, lay, mean, invstd, weight, bias);
+  });
+  return {y, invstd};
+}
+
+// Per channel: sum(dy) and sum(dy * (x - mean)).
+template <typename T>
+void grad_sums(const T* x, const T* dy, const T* mean, const Layout& lay,
+               std::vector<double>& sdy, std::vector<double>& sdyx) {
+  const int64_t N = lay.n, C = lay.c, L = lay.l;
+  sdy.assign(C, 0.0);
+  sdyx.assign(C, 0.0);
+  if (lay.rows) {
+    std::vector<double> both;
+    rows_reduce(N, C, 2, both, [&](int64_t r, double* acc) {
+      const T* p = x + r * C;
+      const T* g = dy + r * C;
+      double* a = acc;
+      double* b = acc + C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        a[c] += static_cast<double>(g[c]);
+        b[c] += static_cast<double>(g[c]) * (static_cast<double>(p[c]) - mean[c]);
+      }
+    });
+    std::copy(both.begin(), both.begin() + C, sdy.begin());
+    std::copy(both.begin() + C, both.end(), sdyx.begin());
+    return;
+  }
+  at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
+                   [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const double m = mean[c];
+      double a = 0.0, b = 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* p = x + (n * C + c) * L;
+        const T* g = dy + (n * C + c) * L;
+#pragma omp simd reduction(+ : a, b)
+        for (int64_t i = 0; i < L; ++i) {
+          a += static_cast<double>(g[i]);
+          b += static_cast<double>(g[i]) * (static_cast<double>(p[i]) - m);
+        }
+      }
+      sdy[c] = a;
+      sdyx[c] = b;
+    }
+  });
+}
+
+// dx = k*dy + (x - mean)*p + q, with per-channel k, p, q.
+template <typename T>
+void grad_input(const T* x, const T* dy, T* dx, const Layout& lay, const T* mean, const T* k,
+                const T* p, const T* q) {
+  const int64_t N = lay.n, C = lay.c, L = lay.l;
+  if (lay.rows) {
+    at::parallel_for(0, N, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)),
+                     [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* xp = x + r * C;
+        const T* g = dy + r * C;
+        T* o = dx + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] = g[c] * k[c] + (xp[c] - mean[c]) * p[c] + q[c];
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, L)),
+                   [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t c = j % C;
+      const T kc = k[c], pc = p[c], qc = q[c], mc = mean[c];
+      const T* xp = x + j * L;
+      const T* g = dy + j * L;
+      T* o = dx + j * L;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) o[i] = g[i] * kc + (xp[i] - mc) * pc + qc;
+    }
+  });
+}
+
+// Gradients of y = (x - mean) * invstd * weight + bias. ``train``: mean/invstd are the batch's
+// own statistics (their dependence on x enters dx); else constants. Undefined outputs are
+// returned for grads not asked for.
+std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad_out, const Tensor& input,
+                                            const Tensor& mean, const Tensor& invstd,
+                                            const c10::optional<Tensor>& weight, bool train,
+                                            bool need_dx, bool need_dw, bool need_db) {
+  auto [x, lay] = canonical(input);
+  Tensor dy = like_layout(grad_out, x, lay);
+  const int64_t C = lay.c;
+  const double count = static_cast<double>(lay.n) * lay.l;
+  Tensor dx, dw, db;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_backward", [&] {
+    std::vector<double> sdy, sdyx;
+    const scalar_t* m = mean.data_ptr<scalar_t>();
+    grad_sums<scalar_t>(x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx);
+    const scalar_t* is = invstd.data_ptr<scalar_t>();
+    const bool has_w = weight.has_value() && weight->defined();
+    const scalar_t* w = has_w ? weight->data_ptr<scalar_t>() : nullptr;
+    if (need_dw && has_w) {
+      dw = at::empty({C}, weight->options());
+      scalar_t* o = dw.data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) o[c] = static_cast<scalar_t>(sdyx[c] * is[c]);
+    }
+    if (need_db) {
+      db = at::empty({C}, x.options());
+      scalar_t* o = db.data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) o[c] = static_cast<scalar_t>(sdy[c]);
+    }
+    if (need_dx) {
+      Tensor coef = at::empty({3, C}, x.options());
+      scalar_t* k = coef.data_ptr<scalar_t>();
+      scalar_t* p = k + C;
+      scalar_t* q = p + C;
+      for (int64_t c = 0; c < C; ++c) {
+        const double kc = static_cast<double>(is[c]) * (has_w ? static_cast<double>(w[c]) : 1.0);
+        k[c] = static_cast<scalar_t>(kc);
+        if (train) {
+          const double i2 = static_cast<double>(is[c]) * is[c];
+          p[c] = static_cast<scalar_t>(-kc * i2 * sdyx[c] / count);
+          q[c] = static_cast<scalar_t>(-kc * sdy[c] / count);
+        } else {
+          p[c] = 0;
+          q[c] = 0;
+        }
+      }
+      dx = at::empty_like(x);
+      grad_input<scalar_t>(x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
+                           dx.data_ptr<scalar_t>(), lay, m, k, p, q);
+    }
+  });
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(bnlab, m) {
+  m.def(
+      "forward_train(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "forward_eval(Tensor input, Tensor running_mean, Tensor running_var, Tensor? weight, "
+      "Tensor? bias, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "backward(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, Tensor? weight, "
+      "bool train, bool need_dx, bool need_dw, bool need_db) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(bnlab, CPU, m) {
+  m.impl("forward_train", &forward_train);
+  m.impl("forward_eval", &forward_eval);
+  m.impl("backward", &backward);
+}

@@ -1,0 +1,30 @@
+"""Building and loading the fused kernels; the fallback when they cannot be had."""
+
+import pytest
+import torch
+
+from bnlab import functional as BF
+from bnlab.norm import kernels
+from bnlab.norm.kernels import build, loader
+
+
+def test_library_is_cached_per_source_and_torch_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = build.library_path()
+    assert path.is_relative_to(tmp_path / "bnlab" / "kernels")
+    assert torch.__version__ not in str(path)  # hashed, not spelled out
+
+
+def test_forced_fused_without_a_compiler_names_the_reason(monkeypatch):
+    monkeypatch.setattr(loader, "_load", lambda: (None, "RuntimeError: no C++ compiler"))
+    with pytest.raises(kernels.KernelUnavailable, match="no C\\+\\+ compiler"):
+        BF.batch_norm(torch.randn(4, 3), None, None, training=True, kernel="fused")
+    y = BF.batch_norm(torch.randn(4, 3, requires_grad=True), None, None, training=True,
+                      kernel="auto")  # auto falls back quietly
+    assert type(y.grad_fn).__name__ == "BatchNormFunctionBackward"
+
+
+def test_status_says_where_it_was_loaded_from():
+    if kernels.cpu_ops() is None:
+        pytest.skip(f"fused kernels unavailable here: {kernels.kernel_status()}")
+    assert kernels.kernel_status().startswith("loaded ")
