@@ -1,9 +1,16 @@
 """Fixtures shared across the test packages."""
 
+import os
 from pathlib import Path
 
 import pytest
 from tiny_fashion import write_tiny_fashion
+
+from bnlab.norm.kernels.build import cache_dir
+
+# Tests point XDG_CACHE_HOME at temporary directories (data caches); the compiled kernels
+# stay in one place for the whole session and every process it starts.
+os.environ.setdefault("BNLAB_KERNEL_CACHE", str(cache_dir()))
 
 
 @pytest.fixture

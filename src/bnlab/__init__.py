@@ -16,7 +16,9 @@ from .norm import (
     BatchNorm2d,
     BatchNorm3d,
     BatchNormBase,
+    SyncBatchNorm,
     convert,
+    convert_sync_batchnorm,
     is_batch_norm,
 )
 from .train import EpochRecord, History, NonFiniteLossError, evaluate, train_classify
@@ -36,10 +38,12 @@ __all__ = [
     "GPUMemoryManager",
     "History",
     "NonFiniteLossError",
+    "SyncBatchNorm",
     "__version__",
     "available_models",
     "build_model",
     "convert",
+    "convert_sync_batchnorm",
     "count_parameters",
     "evaluate",
     "functional",

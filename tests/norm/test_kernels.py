@@ -11,7 +11,10 @@ from bnlab.norm.kernels import build, loader
 def test_library_is_cached_per_source_and_torch_build(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path = build.library_path()
-    assert path.is_relative_to(tmp_path / "bnlab" / "kernels")
+    monkeypatch.delenv("BNLAB_KERNEL_CACHE", raising=False)
+    assert build.library_path().is_relative_to(tmp_path / "bnlab" / "kernels")
+    monkeypatch.setenv("BNLAB_KERNEL_CACHE", str(tmp_path / "k"))
+    assert build.library_path().is_relative_to(tmp_path / "k")
     assert torch.__version__ not in str(path)  # hashed, not spelled out
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..distributed import is_main_process, world_info
 from ..experiment import OPTIMIZERS, TrainConfig, compare_table, run_compare, run_training
 from ..memory import format_bytes
 from ..models import NORMS, available_models
 from .errors import CLIError
 from .parser import device_name, non_negative_float, positive_float, positive_int
+from .train_parallel import add_parallel_options, launch
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -49,11 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_options(train)
     train.add_argument("--out", type=Path, default=None,
                        help="output directory (default: runs/<model>-<norm>-seed<seed>)")
+    add_parallel_options(train)
     train.set_defaults(handler=run_train)
 
     compare = subparsers.add_parser(
         "compare",
-        help="the notebook's experiment: LeNet without BN, with bnlab BN, with torch BN",
+        help="the notebook's experiment: LeNet without BN, with bnlab BN, with torch BN "
+             "(single process)",
     )
     add_run_options(compare)
     compare.add_argument("--out", type=Path, default=None,
@@ -77,7 +81,19 @@ def config_from_args(args: argparse.Namespace, norm: str) -> TrainConfig:
 def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, args.norm)
     out = args.out or Path("runs") / f"{config.model}-{config.norm}-seed{config.seed}"
-    result = run_training(config, out, resume=args.resume, progress=not args.no_progress)
+    options = {"resume": args.resume, "progress": not args.no_progress,
+               "sync_bn": not args.no_sync_bn, "dist_timeout_s": args.dist_timeout}
+    if args.nproc > 1:
+        return launch(args.nproc, train_and_report, config, out, options)
+    return train_and_report(config, out, options)
+
+
+def train_and_report(config: TrainConfig, out: Path, options: dict) -> int:
+    """Run the training (one process of several, under torchrun or --nproc, or the only
+    one); the main process prints the summary."""
+    result = run_training(config, out, **options)
+    if not is_main_process():
+        return 0
     h = result.history
     print(f"\n{config.model} norm={config.norm}: final test acc {h.final_test_acc:.2f}%, "
           f"best {h.best_test_acc:.2f}% (epoch {h.best_epoch}), final train loss "
@@ -88,6 +104,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_compare_cmd(args: argparse.Namespace) -> int:
+    if world_info().distributed:
+        raise CLIError("compare runs in a single process; start it without torchrun")
     config = config_from_args(args, "bnlab")
     out = args.out or Path("runs") / f"compare-{config.model}-seed{config.seed}"
     results = run_compare(config, out, resume=args.resume, progress=not args.no_progress)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..checkpoint import (
@@ -33,19 +34,26 @@ from ..checkpoint import (
 )
 from ..data import load_data_fashion_mnist
 from ..data.atomic import write_bytes_atomically
+from ..data.loader import TensorLoader
 from ..device import select_device
+from ..distributed import (
+    DEFAULT_TIMEOUT_S,
+    backend_for,
+    cleanup,
+    init_distributed,
+    is_main_process,
+    world_info,
+)
 from ..models import build_model, count_parameters
 from ..train import EpochRecord, History, train_classify
 from .config import TrainConfig
+from .errors import RunError
+from .parallel import agree_on_resume, check_global_batch, rank_device, wrap_model
 from .plots import plot_curves
 
 __all__ = ["RunError", "RunResult", "build_optimizer", "run_training", "seed_everything"]
 
 CHECKPOINT_DIR = "checkpoint"
-
-
-class RunError(Exception):
-    """The run cannot start as asked (e.g. it would overwrite a checkpoint)."""
 
 
 @dataclass
@@ -122,24 +130,66 @@ def run_training(
     *,
     resume: bool = False,
     progress: bool = True,
+    sync_bn: bool = True,
+    dist_timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> RunResult:
     """Train ``config`` writing outputs to ``out_dir`` (see the module docstring).
 
     ``resume``: continue from ``out_dir/checkpoint`` after its last completed epoch (a fresh
     run when there is none). Without ``resume`` an existing checkpoint is never overwritten.
     Raises RunError, ValueError, DatasetError or CheckpointError with a one-line message.
+
+    Multi-process, when the environment says ``WORLD_SIZE`` > 1 (torchrun, ``bnlab train
+    --nproc``): this process joins the process group (gloo on CPU, nccl on CUDA; every
+    collective times out after ``dist_timeout_s`` seconds) and trains the DDP-wrapped model
+    (BN layers synchronized unless ``sync_bn=False``) on its ``batch_size`` share of each
+    global batch of ``batch_size`` x world samples (the last partial global batch of an
+    epoch is left out, so all ranks take the same steps); each test sample is evaluated once
+    over all ranks. Only rank 0 prints and writes files; every rank returns the same history.
     """
+    world = world_info()
     out = Path(out_dir)
-    ckpt_dir = out / CHECKPOINT_DIR
-    state = _resume_point(config, ckpt_dir, resume)
-    device = select_device(config.device)
+    state = _resume_point(config, out / CHECKPOINT_DIR, resume)
+    device = rank_device(config.device, world) if world.distributed else select_device(
+        config.device)
     seed_everything(config.seed)
     model = build_model(config.model, config.norm)  # seeded initialisation, on the CPU
     train_loader, test_loader = load_data_fashion_mnist(
         config.batch_size, root=config.data_dir, device=device, seed=config.seed,
-        download=config.download, limit=config.limit,
+        download=config.download, limit=config.limit, rank=world.rank,
+        world_size=world.world_size, drop_last=world.distributed,
     )
     model.to(device)
+    loaders = (train_loader, test_loader)
+    if not world.distributed:
+        return _train(config, out, state, model, model, loaders, device, progress)
+    check_global_batch(train_loader)
+    joined = not dist.is_initialized()
+    init_distributed(backend_for(device), dist_timeout_s)
+    try:
+        agree_on_resume(0 if state is None else int(state["epoch"]), device)
+        net = wrap_model(model, device, sync_bn)
+        return _train(config, out, state, model, net, loaders, device, progress)
+    finally:
+        if joined:
+            cleanup()
+
+
+def _train(
+    config: TrainConfig,
+    out: Path,
+    state: dict[str, Any] | None,
+    model: nn.Module,
+    net: nn.Module,
+    loaders: tuple[TensorLoader, TensorLoader],
+    device: torch.device,
+    progress: bool,
+) -> RunResult:
+    """Train ``net`` (``model`` itself, or its DDP wrapper) and write the outputs."""
+    distributed = net is not model
+    main = is_main_process()
+    ckpt_dir = out / CHECKPOINT_DIR
+    train_loader, test_loader = loaders
     optimizer = build_optimizer(config, model.parameters())
     history, done = History(), 0
     if state is not None:
@@ -147,13 +197,17 @@ def run_training(
         restore_rng_state(state["rng"])
         history = History.from_dict({"epochs": state["history"]})
         done = int(state["epoch"])
-        print(f"Resuming {out} after epoch {done} of {config.epochs}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
+        if main:
+            print(f"Resuming {out} after epoch {done} of {config.epochs}", flush=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     train_loader.set_epoch(done)  # epoch k (1-based) uses the loader's epoch k - 1
 
-    def on_epoch_end(record: EpochRecord, net: nn.Module, opt: torch.optim.Optimizer) -> None:
+    def on_epoch_end(record: EpochRecord, _net: nn.Module, opt: torch.optim.Optimizer) -> None:
         history.append(record)
-        save_checkpoint(ckpt_dir, model=net, optimizer=opt, state={
+        if not main:
+            return
+        save_checkpoint(ckpt_dir, model=model, optimizer=opt, state={
             "epoch": record.epoch,
             "config": config.to_dict(),
             "history": history.to_dict()["epochs"],
@@ -162,11 +216,11 @@ def run_training(
         write_metrics(out, config, history)
 
     train_classify(
-        model, train_loader, test_loader, optimizer, torch.nn.CrossEntropyLoss(), config.epochs,
+        net, train_loader, test_loader, optimizer, torch.nn.CrossEntropyLoss(), config.epochs,
         device=device, progress=progress, start_epoch=done + 1, on_epoch_end=on_epoch_end,
-        max_steps=config.max_steps,
+        max_steps=config.max_steps, distributed=distributed,
     )
-    if len(history):
+    if len(history) and main:
         plot_curves(history, out / "curves.png",
                     title=f"{config.model}, norm={config.norm}, seed={config.seed}")
     return RunResult(config, history, model, out, count_parameters(model), done)

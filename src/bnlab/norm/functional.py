@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .autograd import BatchNormFunction, compute_dtype, reduce_dims
-from .fused import FusedBatchNormFunction, use_fused
+from .fused import fused_batch_norm, use_fused
 
 __all__ = ["batch_norm", "batch_stats", "normalize", "update_running_stats", "compute_dtype"]
 
@@ -136,9 +136,9 @@ def batch_norm(
         if bias is not None:
             out = out + bias.reshape(-1)[:1].to(out.dtype).sum()
         return out
-    if use_fused(kernel, input, weight, bias, running_mean, running_var):
-        return FusedBatchNormFunction.apply(input, weight, bias, running_mean, running_var,
-                                            training, momentum, eps)
+    if use_fused(kernel, input, (weight, bias, running_mean, running_var)):
+        return fused_batch_norm(input, weight, bias, running_mean, running_var, training,
+                                momentum, eps)
     if training:
         mean, var = batch_stats(input)
         count = input.numel() // input.shape[1]

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .convert import is_batch_norm
 from .functional import update_running_stats
 from .modules import BatchNormBase
 from .sync_autograd import SyncBatchNormFunction, sync_batch_stats
@@ -114,10 +115,6 @@ class SyncBatchNorm(BatchNormBase):
         )
 
 
-def _is_batch_norm(module: nn.Module) -> bool:
-    return isinstance(module, (BatchNormBase, nn.modules.batchnorm._BatchNorm))
-
-
 def _to_sync(layer: nn.Module, group: dist.ProcessGroup | None) -> SyncBatchNorm:
     """A SyncBatchNorm holding ``layer``'s very parameters, buffers, settings and mode."""
     new = SyncBatchNorm(
@@ -153,10 +150,10 @@ def convert_sync_batchnorm(
     the optimizer), settings and train/eval mode are kept, and the model is modified and
     returned — or, when ``module`` itself is a batch-norm layer, its replacement.
     """
-    if _is_batch_norm(module):
+    if is_batch_norm(module):
         return _to_sync(module, process_group)
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if _is_batch_norm(child):
+            if is_batch_norm(child):
                 setattr(parent, name, _to_sync(child, process_group))
     return module

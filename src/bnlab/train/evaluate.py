@@ -15,8 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from ..device import select_device
+from ..distributed import all_reduce_sum
 
-__all__ = ["Evaluation", "accumulator_dtype", "eval_mode", "evaluate", "resolve_device"]
+__all__ = ["Evaluation", "accumulator_dtype", "eval_mode", "evaluate", "resolve_device",
+           "sum_over_processes"]
 
 Batch = tuple[Tensor, Tensor]
 Criterion = nn.Module
@@ -77,18 +79,32 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return X.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
+def sum_over_processes(
+    loss_sum: Tensor, correct: Tensor, samples: int
+) -> tuple[Tensor, Tensor, int]:
+    """``(loss_sum, correct, samples)`` summed over every process (one all-reduce)."""
+    totals = torch.stack([loss_sum, correct.to(loss_sum.dtype),
+                          torch.tensor(samples, dtype=loss_sum.dtype, device=loss_sum.device)])
+    all_reduce_sum(totals)
+    return totals[0], totals[1].to(correct.dtype), int(totals[2].item())
+
+
 def evaluate(
     net: nn.Module,
     loader: Iterable[Batch],
     criterion: Criterion,
     *,
     device: torch.device | str | None = None,
+    distributed: bool = False,
 ) -> Evaluation:
     """Mean per-sample loss and accuracy (%) of ``net`` on ``loader``.
 
     Runs in eval mode under ``torch.no_grad()`` and restores each submodule's previous
     mode. ``device``: as in :func:`resolve_device`. Syncs with the device once, at the end.
-    Raises ValueError for a loader without samples.
+    ``distributed``: ``loader`` is this process's shard; the sums are all-reduced once at
+    the end, so every process returns the metrics of all shards together (pass the bare
+    model, not its DDP wrapper: shards may differ in their number of batches).
+    Raises ValueError for a loader (all shards together) without samples.
     """
     check_mean_reduction(criterion)
     device = resolve_device(net, device)
@@ -102,6 +118,8 @@ def evaluate(
             loss_sum += criterion(logits, y).to(loss_sum.dtype) * y.shape[0]
             correct += (logits.argmax(dim=1) == y).sum()
             samples += y.shape[0]
+    if distributed:
+        loss_sum, correct, samples = sum_over_processes(loss_sum, correct, samples)
     if samples == 0:
         raise ValueError("cannot evaluate: the loader yielded no samples")
     return Evaluation(loss=loss_sum.item() / samples, acc=100.0 * correct.item() / samples)

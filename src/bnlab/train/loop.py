@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from tqdm.auto import tqdm
 
+from ..distributed import broadcast_buffers, is_main_process, unwrap
 from ..memory import GPUMemoryManager
 from .evaluate import (
     Batch,
@@ -38,6 +39,7 @@ from .evaluate import (
     check_mean_reduction,
     evaluate,
     resolve_device,
+    sum_over_processes,
     to_device,
 )
 from .history import EpochRecord, History
@@ -100,6 +102,11 @@ class _EpochTotals:
             raise NonFiniteLossError(epoch, first_bad + 1, self.batches)
         return self.loss_sum.item() / self.samples, 100.0 * self.correct.item() / self.samples
 
+    def reduce(self) -> None:
+        """Replace the sums by their totals over all processes (one all-reduce)."""
+        self.loss_sum, self.correct, self.samples = sum_over_processes(
+            self.loss_sum, self.correct, self.samples)
+
 
 def _num_batches(loader: Iterable[Batch], max_steps: int | None) -> int | None:
     try:
@@ -120,6 +127,7 @@ class _EpochRunner:
     progress: bool
     max_steps: int | None
     refresh_s: float
+    distributed: bool = False
 
     def run(self, loader: Iterable[Batch], epoch: int) -> tuple[float, float, int]:
         """One pass in train mode; returns (mean loss, accuracy %, samples)."""
@@ -148,6 +156,8 @@ class _EpochRunner:
                         bar.set_postfix(accuracy=acc, loss=mean_loss, refresh=False)
             if totals.samples == 0:
                 raise ValueError(f"epoch {epoch}: the training loader yielded no samples")
+            if self.distributed:
+                totals.reduce()
             mean_loss, acc = totals.sync(epoch)
             if self.progress:
                 bar.set_postfix(accuracy=acc, loss=mean_loss)
@@ -181,6 +191,7 @@ def train_classify(
     max_steps: int | None = None,
     refresh_s: float = 0.25,
     memory: MemoryMeter | None = None,
+    distributed: bool = False,
 ) -> History:
     """Train ``net`` on ``train_loader`` and evaluate on ``test_loader`` after every epoch.
 
@@ -198,6 +209,15 @@ def train_classify(
     ``refresh_s``: seconds between sync points (bar postfix, non-finite check).
     ``memory``: peak-memory meter, default ``GPUMemoryManager(device)``.
 
+    ``distributed``: this is one process of a data-parallel run (an initialized process
+    group; ``net`` typically DDP-wrapped; ``train_loader``/``test_loader`` this rank's shards,
+    every rank running the same number of training batches). Each epoch's sums are
+    all-reduced once at its end, so the History is global and the same on every rank; before
+    evaluating, rank 0's buffers (BN running statistics) are broadcast and the bare model
+    evaluates this rank's test shard (all-reduced as well). Only rank 0 shows bars and prints
+    the lines. Seconds, samples/s and peak memory are this process's; a non-finite loss is
+    detected by the rank that computed it.
+
     Returns the :class:`History` of the epochs run. Raises :class:`NonFiniteLossError`
     on a nan/inf training loss (see the module docstring for the detection latency).
     """
@@ -205,7 +225,9 @@ def train_classify(
     check_mean_reduction(criterion)
     device = resolve_device(net, device)
     memory = GPUMemoryManager(device) if memory is None else memory
-    runner = _EpochRunner(net, optimizer, criterion, device, progress, max_steps, refresh_s)
+    main = not distributed or is_main_process()
+    runner = _EpochRunner(net, optimizer, criterion, device, progress and main, max_steps,
+                          refresh_s, distributed)
     history = History()
     for epoch in range(start_epoch, num_epochs + 1):
         memory.reset_peak()
@@ -216,9 +238,16 @@ def train_classify(
             err.history = history
             raise
         train_seconds = time.perf_counter() - start
-        print(f"Epoch: {epoch}, loss: {train_loss}, acc: {train_acc}", flush=True)
-        test_loss, test_acc = evaluate(net, test_loader, criterion, device=device)
-        print(f"Epoch: {epoch}, test loss: {test_loss}, test acc: {test_acc}", flush=True)
+        if main:
+            print(f"Epoch: {epoch}, loss: {train_loss}, acc: {train_acc}", flush=True)
+        eval_net = net
+        if distributed:
+            eval_net = unwrap(net)
+            broadcast_buffers(eval_net)
+        test_loss, test_acc = evaluate(eval_net, test_loader, criterion, device=device,
+                                       distributed=distributed)
+        if main:
+            print(f"Epoch: {epoch}, test loss: {test_loss}, test acc: {test_acc}", flush=True)
         record = EpochRecord(
             epoch=epoch,
             train_loss=train_loss,

@@ -2,8 +2,9 @@
 
 The shared library is built with the system C++ compiler straight from
 ``cpu_kernels.cpp`` (no ninja, no pybind: the ops register themselves with torch's
-dispatcher) into ``$XDG_CACHE_HOME/bnlab/kernels/<hash>/``, keyed by the source, the torch
-version and the flags, and moved into place atomically so concurrent builds are safe.
+dispatcher) into ``$BNLAB_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/bnlab/kernels``) under a
+hash of the source, the torch version and the flags, moved into place atomically so
+concurrent builds are safe.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ FLAGS = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp-simd", "-march=nativ
 
 
 def cache_dir() -> Path:
+    if explicit := os.environ.get("BNLAB_KERNEL_CACHE"):
+        return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "bnlab" / "kernels"
 
@@ -38,7 +41,7 @@ def _command(output: Path) -> list[str]:
     return [
         compiler, str(SOURCE), "-o", str(output), *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *includes, *[f"-L{d}" for d in libdirs], *[f"-Wl,-rpath,{d}" for d in libdirs],
-        "-lc10", "-ltorch_cpu",
+        "-lc10", "-ltorch_cpu", "-ltorch",
     ]
 
 

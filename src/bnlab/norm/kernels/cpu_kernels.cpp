@@ -1,6 +1,8 @@
 // bnlab's fused CPU batch-norm kernels, written from scratch (no call to torch's batch norm).
 //
-// Registered as torch.ops.bnlab.{forward_train, forward_eval, backward}. Two memory layouts:
+// Registered as torch.ops.bnlab.batch_norm (with its autograd: the closed-form backward, in
+// C++, so no Python runs in backward) and the raw kernels torch.ops.bnlab.{forward_train,
+// forward_eval, backward}. Two memory layouts:
 //   planar: x contiguous as (N, C, L): every (n, c) row of L values is contiguous;
 //   rows:   x as (M, C) rows of C values: 2-D input, and channels_last input (N, *, C).
 // Statistics are accumulated in double. The variance uses sums shifted by one sample of the
@@ -9,6 +11,10 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -307,7 +313,7 @@ void grad_input(const T* x, const T* dy, T* dx, const Layout& lay, const T* mean
 // Gradients of y = (x - mean) * invstd * weight + bias. ``train``: mean/invstd are the batch's
 // own statistics (their dependence on x enters dx); else constants. Undefined outputs are
 // returned for grads not asked for.
-std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad_out, const Tensor& input,
+std::tuple<Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_out, const Tensor& input,
                                             const Tensor& mean, const Tensor& invstd,
                                             const c10::optional<Tensor>& weight, bool train,
                                             bool need_dx, bool need_dw, bool need_db) {
@@ -358,9 +364,143 @@ std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad_out, const Tensor
   return {dx, dw, db};
 }
 
+
+// ---- autograd -------------------------------------------------------------------------------
+
+bool defined(const c10::optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
+std::vector<int64_t> reduce_dims(const Tensor& x) {
+  std::vector<int64_t> dims{0};
+  for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+  return dims;
+}
+
+std::vector<int64_t> channel_shape(const Tensor& x) {
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[1] = -1;
+  return shape;
+}
+
+// The same closed form with differentiable ATen ops, for a backward that is itself being
+// differentiated (double backward): the batch statistics are recomputed from x in the graph.
+std::vector<Tensor> differentiable_grads(const Tensor& dy, const Tensor& x, Tensor mean,
+                                         Tensor invstd, const Tensor& weight, bool train,
+                                         double eps, bool need_dx, bool need_dw, bool need_db) {
+  const auto dims = reduce_dims(x);
+  const auto shape = channel_shape(x);
+  if (train) {
+    auto [var, m] = at::var_mean(x, dims, /*correction=*/0, /*keepdim=*/false);
+    mean = m;
+    invstd = at::rsqrt(var + eps);
+  }
+  Tensor xmu = x - mean.view(shape);
+  Tensor sum_dy = dy.sum(dims);
+  Tensor sum_dy_xmu = (dy * xmu).sum(dims);
+  Tensor dx, dw, db;
+  if (need_dx) {
+    Tensor scale = weight.defined() ? invstd * weight : invstd;
+    if (train) {
+      const double n = static_cast<double>(x.numel() / x.size(1));
+      Tensor proj = invstd * invstd * sum_dy_xmu / n;
+      dx = (dy - (sum_dy / n).view(shape) - xmu * proj.view(shape)) * scale.view(shape);
+    } else {
+      dx = dy * scale.view(shape);
+    }
+  }
+  if (need_dw) dw = sum_dy_xmu * invstd;
+  if (need_db) db = sum_dy;
+  return {dx, dw, db};
+}
+
+// The backward node, built by hand as PyTorch's generated nodes are (lighter than a
+// torch::autograd::Function): edges to x, weight, bias (those given).
+struct BatchNormBackward : public torch::autograd::Node {
+  torch::autograd::SavedVariable x, weight;
+  Tensor mean, invstd;  // (C,) statistics, outside autograd
+  bool training = true, has_weight = false, has_bias = false;
+  double eps = 1e-5;
+
+  std::string name() const override { return "BnlabBatchNormBackward"; }
+
+  void release_variables() override {
+    x.reset_data();
+    weight.reset_data();
+    mean.reset();
+    invstd.reset();
+  }
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    const Tensor& dy = grads[0];
+    const size_t n_out = 1 + has_weight + has_bias;
+    if (!dy.defined()) return torch::autograd::variable_list(n_out);
+    Tensor xv = x.unpack();
+    Tensor w = weight.unpack();
+    const bool need_dx = task_should_compute_output(0);
+    const bool need_dw = has_weight && task_should_compute_output(1);
+    const bool need_db = has_bias && task_should_compute_output(has_weight ? 2 : 1);
+    Tensor dx, dw, db;
+    if (at::GradMode::is_enabled()) {
+      auto g = differentiable_grads(dy, xv, mean, invstd, w, training, eps, need_dx, need_dw,
+                                    need_db);
+      dx = g[0], dw = g[1], db = g[2];
+    } else {
+      auto wo = w.defined() ? c10::optional<Tensor>(w) : c10::nullopt;
+      std::tie(dx, dw, db) =
+          backward_kernel(dy, xv, mean, invstd, wo, training, need_dx, need_dw, need_db);
+    }
+    torch::autograd::variable_list out{dx};
+    if (has_weight) out.push_back(dw);
+    if (has_bias) out.push_back(db);
+    return out;
+  }
+};
+
+// The op with autograd: runs the fused forward and, when a gradient is wanted, records a
+// BatchNormBackward node; the running statistics are updated in place (versions bumped).
+Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
+                  const c10::optional<Tensor>& bias, const c10::optional<Tensor>& running_mean,
+                  const c10::optional<Tensor>& running_var, bool training, double momentum,
+                  double eps) {
+  Tensor y, mean, invstd;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    if (training) {
+      std::tie(y, mean, invstd) =
+          forward_train(x, weight, bias, running_mean, running_var, momentum, eps);
+    } else {
+      std::tie(y, invstd) = forward_eval(x, *running_mean, *running_var, weight, bias, eps);
+      mean = running_mean->clone();  // a later training step updates the buffer in place
+    }
+  }
+  if (training) {
+    if (defined(running_mean)) torch::autograd::impl::bump_version(*running_mean);
+    if (defined(running_var)) torch::autograd::impl::bump_version(*running_var);
+  }
+  torch::autograd::variable_list inputs{x};
+  if (defined(weight)) inputs.push_back(*weight);
+  if (defined(bias)) inputs.push_back(*bias);
+  if (!torch::autograd::compute_requires_grad(inputs)) return y;
+  auto node = c10::make_intrusive<BatchNormBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs));
+  // Saved: the input and two (C,) statistics, as torch's kernel saves; the rest is recomputed.
+  node->x = torch::autograd::SavedVariable(x, false);
+  if (defined(weight)) node->weight = torch::autograd::SavedVariable(*weight, false);
+  node->mean = mean;
+  node->invstd = invstd;
+  node->training = training;
+  node->has_weight = defined(weight);
+  node->has_bias = defined(bias);
+  node->eps = eps;
+  torch::autograd::set_history(y, node);
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(bnlab, m) {
+  m.def(
+      "batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, bool training, float momentum, float eps) -> Tensor");
   m.def(
       "forward_train(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
       "Tensor(b!)? running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor)");
@@ -372,8 +512,13 @@ TORCH_LIBRARY(bnlab, m) {
       "bool train, bool need_dx, bool need_dw, bool need_db) -> (Tensor, Tensor, Tensor)");
 }
 
+TORCH_LIBRARY_IMPL(bnlab, Autograd, m) {
+  m.impl("batch_norm", &batch_norm);
+}
+
 TORCH_LIBRARY_IMPL(bnlab, CPU, m) {
   m.impl("forward_train", &forward_train);
   m.impl("forward_eval", &forward_eval);
-  m.impl("backward", &backward);
+  m.impl("backward", &backward_kernel);
+  m.impl("batch_norm", &batch_norm);  // inference tensors (no autograd key) land here
 }

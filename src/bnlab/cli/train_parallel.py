@@ -1,0 +1,53 @@
+"""``bnlab train --nproc N``: one data-parallel run in N processes on this machine.
+
+The parent checks the settings and prepares the dataset (located, verified, decoded into
+the cache) once, then starts N processes with torchrun's environment; each runs the same
+training as ``torchrun --nproc_per_node=N -m bnlab train ...`` would. When one fails the
+others are stopped and its status is the command's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from ..data import load_data_fashion_mnist
+from ..distributed import DEFAULT_TIMEOUT_S, spawn_local, world_info
+from ..experiment import TrainConfig
+from .errors import USER_ERRORS, CLIError
+from .parser import positive_float, positive_int
+
+
+def add_parallel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+                   help="processes to train with on this machine (data parallel, one per GPU "
+                        "on CUDA); --batch-size is per process, the global batch N times it")
+    p.add_argument("--no-sync-bn", action="store_true",
+                   help="with several processes, keep per-process BN statistics instead of "
+                        "synchronizing them (bnlab.SyncBatchNorm)")
+    p.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
+                   metavar="SECONDS",
+                   help="with several processes, fail when one waits this long for the others")
+
+
+def launch(nproc: int, run: Callable[..., int], config: TrainConfig, *args: object) -> int:
+    """Run ``run(config, *args)`` in ``nproc`` local processes; the first failure's status."""
+    if world_info().distributed:
+        raise CLIError("--nproc starts the processes itself; under torchrun (WORLD_SIZE is "
+                       "set) leave it out")
+    # Once here, not N times at once in the workers (and a missing dataset is one line).
+    load_data_fashion_mnist(config.batch_size, root=config.data_dir, download=config.download,
+                            limit=config.limit)
+    return spawn_local(nproc, _worker, (run, config, *args))
+
+
+def _worker(run: Callable[..., int], *args: object) -> int:
+    """One process: library errors as one line and status 2, as ``bnlab`` itself does."""
+    try:
+        return run(*args)
+    except USER_ERRORS as err:
+        print(f"bnlab train: error (process {world_info().rank}): {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

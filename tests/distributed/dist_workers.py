@@ -1,0 +1,32 @@
+"""Functions the CLI-level tests run inside spawned ranks (importable by name there)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+
+from bnlab.cli import main
+from bnlab.distributed import world_info
+from bnlab.train.loop import _EpochRunner
+
+
+def faulty_train(fault: str, marker: str, argv: list[str]) -> int:
+    """``bnlab train *argv`` in this rank; rank 1 dies (``fault="die"``: ``os._exit(3)``) or
+    hangs (``"hang"``) when about to take its second training step, after creating the file
+    ``marker`` (so a test knows the fault came mid-training, not at start-up)."""
+    if world_info().rank == 1:
+        original = _EpochRunner._step
+        calls = itertools.count()
+
+        def step(self, batch, totals):
+            if next(calls) == 1:
+                Path(marker).touch()
+                if fault == "die":
+                    os._exit(3)
+                time.sleep(600)
+            return original(self, batch, totals)
+
+        _EpochRunner._step = step
+    return main(["train", *argv])

@@ -1,0 +1,110 @@
+"""The distributed helpers without a process group: environment, no-op collectives, and
+the errors a multi-process run reports before it starts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bnlab.cli import main
+from bnlab.data.loader import TensorLoader
+from bnlab.distributed import (
+    WorldInfo,
+    all_reduce_sum,
+    backend_for,
+    init_distributed,
+    is_main_process,
+    same_on_all_ranks,
+    unwrap,
+    world_info,
+)
+from bnlab.experiment.errors import RunError
+from bnlab.experiment.parallel import check_global_batch, rank_device
+
+ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_world_of_one_without_the_environment(env):
+    assert world_info() == WorldInfo(0, 0, 1, None, None)
+    assert not world_info().distributed and is_main_process()
+
+
+def test_torchrun_environment(env):
+    for name, value in zip(ENV, ("3", "1", "4", "10.0.0.1", "29500")):
+        env.setenv(name, value)
+    assert world_info() == WorldInfo(3, 1, 4, "10.0.0.1", 29500)
+    assert world_info().distributed and not is_main_process()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 must be smaller than WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be >= 1"),
+])
+def test_malformed_environment(env, values, message):
+    for name, value in values.items():
+        env.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        world_info()
+
+
+def test_init_needs_a_rendezvous_address_and_leaves_a_world_of_one_alone(env):
+    assert init_distributed() == WorldInfo()
+    assert not torch.distributed.is_initialized()
+    env.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="MASTER_ADDR/MASTER_PORT are not set"):
+        init_distributed("gloo", timeout_s=5)
+
+
+def test_backend_follows_the_device():
+    assert backend_for("cpu") == "gloo" and backend_for(torch.device("cuda", 1)) == "nccl"
+
+
+def test_collectives_are_no_ops_without_a_group():
+    t = torch.tensor([1.0, 2.0])
+    assert all_reduce_sum(t) is t and t.tolist() == [1.0, 2.0]
+    assert same_on_all_ranks(7)
+    layer = nn.Linear(2, 2)
+    assert unwrap(layer) is layer
+
+
+def test_a_run_without_a_full_global_batch_is_refused():
+    images, labels = torch.zeros(40, 28, 28, dtype=torch.uint8), torch.zeros(40, dtype=torch.long)
+    loader = TensorLoader(images, labels, 16, shuffle=True, seed=0, drop_last=True, rank=1,
+                          world_size=3)
+    with pytest.raises(RunError, match=r"40 training samples make no global batch of 48 "
+                                       r"\(--batch-size 16 x 3 processes\)"):
+        check_global_batch(loader)
+    check_global_batch(TensorLoader(images, labels, 16, drop_last=True, world_size=2))
+
+
+def test_rank_device_on_cpu():
+    assert rank_device("cpu", WorldInfo(1, 1, 2)) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--nproc", "2"], "--nproc starts the processes itself"),
+    (["compare"], "compare runs in a single process"),
+])
+def test_cli_under_torchrun_refuses_what_it_cannot_do(env, capsys, argv, message):
+    env.setenv("WORLD_SIZE", "2")
+    assert main([*argv, "--device", "cpu"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nproc", "0"], "argument --nproc: must be a positive integer"),
+    (["--dist-timeout", "0"], "argument --dist-timeout: must be a positive number"),
+])
+def test_bad_distributed_options(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
