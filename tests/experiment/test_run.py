@@ -42,6 +42,7 @@ def test_outputs_are_written_and_agree(tiny_data, tmp_path):
     assert doc["summary"]["final_test_acc"] == result.history.final_test_acc
     assert read_checkpoint_state(out / "checkpoint")["epoch"] == 2
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "curves.png").stat().st_mode & 0o444 == 0o444  # readable, like the rest
     assert result.parameters == 44878
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..data.atomic import write_bytes_atomically
 from ..train import History
 
 __all__ = ["plot_curves", "plot_overlay"]
@@ -27,16 +28,13 @@ def _figure():
 def _save(plt, fig, path: Path) -> Path:
     """Write atomically: a half-written PNG never replaces a good one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    png = io.BytesIO()
     try:
         fig.tight_layout()
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        fig.savefig(png, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomically(path, png.getvalue())
     return path
 
 

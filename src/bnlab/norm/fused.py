@@ -18,6 +18,7 @@ from .kernels import cpu_ops
 
 KERNELS = ("auto", "fused", "reference")
 _FUSED_DTYPES = (torch.float32, torch.float64)
+_PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def fused_batch_norm(
@@ -44,15 +45,13 @@ def requested_kernel(kernel: str | None) -> str:
 
 
 def fused_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
-    """The fused kernels take float32/float64 CPU tensors with parameters of the same dtype."""
+    """The fused kernels take non-empty float32/float64 CPU tensors, and parameters and
+    statistics of the same dtype, contiguous. (Cheap checks: this runs on every call.)"""
     dtype = x.dtype
-    if x.device.type != "cpu" or dtype not in _FUSED_DTYPES or x.numel() == 0:
-        return False
-    if type(x) is not Tensor and not isinstance(x, torch.nn.Parameter):
+    if not x.is_cpu or dtype not in _FUSED_DTYPES or type(x) not in _PLAIN or x.numel() == 0:
         return False  # tensor subclasses keep their own dispatch
     for p in params:
-        if p is not None and (p.dtype != dtype or p.device.type != "cpu" or p.dim() != 1
-                              or not p.is_contiguous()):
+        if p is not None and (p.dtype != dtype or not p.is_cpu or not p.is_contiguous()):
             return False
     return True
 

@@ -113,31 +113,31 @@ class BatchNormBase(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        if input.dim() >= 2 and input.shape[1] != self.num_features:
+        if input.shape[1] != self.num_features:
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) got input with "
                 f"{input.shape[1]} channels (shape {tuple(input.shape)}); expected "
                 f"{self.num_features} in dim 1"
             )
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
+        # Read parameters and buffers from their dicts: nn.Module's __getattr__ costs more
+        # than the whole kernel on small inputs.
+        params, buffers = self._parameters, self._buffers
+        running_mean, running_var = buffers["running_mean"], buffers["running_var"]
+        training, momentum = self.training, self.momentum
+        factor = 0.0 if momentum is None else momentum
+        if training and self.track_running_stats:
+            tracked = buffers["num_batches_tracked"]
+            if tracked is not None:
+                tracked.add_(1)
+                if momentum is None:
+                    factor = 1.0 / float(tracked)
         # Batch statistics in training, and in eval when there are no running statistics.
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        use_batch_stats = training or (running_mean is None and running_var is None)
         # With tracking switched off after construction, training leaves the buffers alone.
-        keep = not self.training or self.track_running_stats
-        return batch_norm(
-            input,
-            self.running_mean if keep else None,
-            self.running_var if keep else None,
-            self.weight,
-            self.bias,
-            use_batch_stats,
-            factor,
-            self.eps,
-        )
+        if training and not self.track_running_stats:
+            running_mean = running_var = None
+        return batch_norm(input, running_mean, running_var, params["weight"], params["bias"],
+                          use_batch_stats, factor, self.eps)
 
 
 def _rank_error(expected: str, input: Tensor) -> ValueError:

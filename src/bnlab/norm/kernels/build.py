@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-FLAGS = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp-simd", "-march=native",
+# -fopenmp: ATen's parallel_for is an inline OpenMP region; the library then resolves
+# libgomp.so.1 to the copy torch has already loaded (one OpenMP runtime per process).
+FLAGS = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-march=native",
          "-Wno-unused-parameter"]
 
 
