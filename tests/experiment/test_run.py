@@ -103,3 +103,17 @@ def test_config_validation_names_every_problem():
         TrainConfig(model="vgg", epochs=-1)
     with pytest.raises(ValueError, match="unknown optimizer"):
         replace(TrainConfig(), optimizer="lbfgs")
+
+
+def test_optimizer_is_the_configured_one_fused_where_torch_can():
+    from bnlab.experiment import build_optimizer
+
+    for name, cls in [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam),
+                      ("sgd", torch.optim.SGD)]:
+        opt = build_optimizer(TrainConfig(optimizer=name, lr=0.5, weight_decay=0.1),
+                              [torch.nn.Parameter(torch.ones(3))])
+        assert type(opt) is cls and opt.defaults["fused"] is True
+        assert opt.defaults["lr"] == 0.5 and opt.defaults["weight_decay"] == 0.1
+    sgd = build_optimizer(TrainConfig(optimizer="sgd", momentum=0.5),
+                          [torch.nn.Parameter(torch.ones(3))])
+    assert sgd.defaults["momentum"] == 0.5
