@@ -38,6 +38,20 @@ def reduce_dims(x: Tensor) -> list[int]:
     return [0, *range(2, x.dim())]
 
 
+def apply_statistics(
+    x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> Tensor:
+    """``(x - mean) * invstd * weight + bias`` per channel, computed in ``invstd``'s dtype
+    and returned in ``x``'s; ``mean``/``invstd``/``weight``/``bias`` are (C,)."""
+    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+    # (x - mean) * scale rather than x * scale + (bias - mean * scale): the folded form
+    # loses precision when |mean| >> std (mean 1e4, std 0.1 in float32).
+    y = (x.to(invstd.dtype) - channel_view(mean, x)) * channel_view(scale, x)
+    if bias is not None:
+        y = y + channel_view(bias.to(y.dtype), x)
+    return y.to(x.dtype)
+
+
 class BatchNormFunction(torch.autograd.Function):
     """``y = (x - mean) * rsqrt(var + eps) * weight + bias``; see the module docstring.
 
@@ -47,20 +61,14 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean, var, weight, bias, eps, batch_statistics):
         invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-        xc = x.to(invstd.dtype)
-        # (x - mean) * scale rather than x * scale + (bias - mean * scale): the folded form
-        # loses precision when |mean| >> std (mean 1e4, std 0.1 in float32).
-        y = (xc - channel_view(mean, x)) * channel_view(scale, x)
-        if bias is not None:
-            y = y + channel_view(bias.to(y.dtype), x)
+        y = apply_statistics(x, mean, invstd, weight, bias)
         # Saved: the input (kept alive by most producers anyway; torch's kernel saves it
         # too) and the two (C,) statistics; x_hat, y and every temporary are recomputed.
         ctx.save_for_backward(x, mean, invstd, weight)
         ctx.eps = eps
         ctx.batch_statistics = batch_statistics
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return y.to(x.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, dy):

@@ -23,8 +23,9 @@ def _target_class(layer: nn.Module, to: str) -> type[nn.Module] | None:
     return _TO_TORCH.get(type(layer))
 
 
-def _swap(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
-    """A ``cls`` layer holding ``layer``'s very parameters, buffers, settings and mode."""
+def swap_layer(layer: nn.Module, cls: type[nn.Module], **kwargs) -> nn.Module:
+    """A ``cls(..., **kwargs)`` layer holding ``layer``'s very parameters, buffers, settings
+    and mode (no copies: built on the meta device, then handed the tensors)."""
     has_stats = layer.running_mean is not None
     new = cls(
         layer.num_features,
@@ -33,6 +34,7 @@ def _swap(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
         affine=layer.affine,
         track_running_stats=has_stats,
         device="meta",
+        **kwargs,
     )
     # Flags switched after construction (e.g. track_running_stats=False) carry over as-is.
     new.track_running_stats = layer.track_running_stats
@@ -40,6 +42,8 @@ def _swap(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
         new.register_parameter(name, getattr(layer, name))
     for name, buf in layer.named_buffers(recurse=False):
         new.register_buffer(name, buf)
+    if hasattr(layer, "qconfig"):
+        new.qconfig = layer.qconfig
     new.train(layer.training)
     return new
 
@@ -58,12 +62,12 @@ def convert(module: nn.Module, to: str = "bnlab") -> nn.Module:
     model = copy.deepcopy(module)
     cls = _target_class(model, to)
     if cls is not None:
-        return _swap(model, cls)
+        return swap_layer(model, cls)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             cls = _target_class(child, to)
             if cls is not None:
-                setattr(parent, name, _swap(child, cls))
+                setattr(parent, name, swap_layer(child, cls))
     return model
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .convert import is_batch_norm
+from .convert import is_batch_norm, swap_layer
 from .functional import update_running_stats
 from .modules import BatchNormBase
 from .sync_autograd import SyncBatchNormFunction, sync_batch_stats
@@ -117,25 +117,7 @@ class SyncBatchNorm(BatchNormBase):
 
 def _to_sync(layer: nn.Module, group: dist.ProcessGroup | None) -> SyncBatchNorm:
     """A SyncBatchNorm holding ``layer``'s very parameters, buffers, settings and mode."""
-    new = SyncBatchNorm(
-        layer.num_features,
-        eps=layer.eps,
-        momentum=layer.momentum,
-        affine=layer.affine,
-        track_running_stats=layer.running_mean is not None,
-        process_group=group,
-        device="meta",
-    )
-    # Flags switched after construction (e.g. track_running_stats=False) carry over as-is.
-    new.track_running_stats = layer.track_running_stats
-    for name in ("weight", "bias"):  # None stays None (affine=False, or bias=False)
-        new.register_parameter(name, getattr(layer, name))
-    for name, buf in layer.named_buffers(recurse=False):
-        new.register_buffer(name, buf)
-    if hasattr(layer, "qconfig"):
-        new.qconfig = layer.qconfig
-    new.train(layer.training)
-    return new
+    return swap_layer(layer, SyncBatchNorm, process_group=group)
 
 
 def convert_sync_batchnorm(

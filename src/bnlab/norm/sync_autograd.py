@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .autograd import channel_view, compute_dtype, reduce_dims
+from .autograd import apply_statistics, channel_view, compute_dtype, reduce_dims
 
 __all__ = ["SyncBatchNormFunction", "comm_dtype", "sync_batch_stats"]
 
@@ -96,15 +96,12 @@ class SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean, var, weight, bias, eps, count, group):
         invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-        y = (x.to(invstd.dtype) - channel_view(mean, x)) * channel_view(scale, x)
-        if bias is not None:
-            y = y + channel_view(bias.to(y.dtype), x)
+        y = apply_statistics(x, mean, invstd, weight, bias)
         ctx.save_for_backward(x, mean, invstd, weight)
         ctx.count = count
         ctx.group = group
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return y.to(x.dtype)
+        return y
 
     @staticmethod
     @once_differentiable
