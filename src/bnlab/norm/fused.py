@@ -38,17 +38,17 @@ def fused_batch_norm(
 
 def requested_kernel(kernel: str | None) -> str:
     """``kernel``, else ``$BNLAB_KERNEL``, else ``"auto"``; validated."""
-    choice = kernel if kernel is not None else os.environ.get("BNLAB_KERNEL", "auto")
+    choice = kernel or os.environ.get("BNLAB_KERNEL") or "auto"
     if choice not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {choice!r}")
     return choice
 
 
 def fused_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
-    """The fused kernels take non-empty float32/float64 CPU tensors, and parameters and
-    statistics of the same dtype, contiguous. (Cheap checks: this runs on every call.)"""
+    """The fused kernels take float32/float64 CPU tensors, and parameters and statistics of
+    the same dtype, contiguous. (Cheap checks: this runs on every call.)"""
     dtype = x.dtype
-    if not x.is_cpu or dtype not in _FUSED_DTYPES or type(x) not in _PLAIN or x.numel() == 0:
+    if dtype not in _FUSED_DTYPES or not x.is_cpu or type(x) not in _PLAIN:
         return False  # tensor subclasses keep their own dispatch
     for p in params:
         if p is not None and (p.dtype != dtype or not p.is_cpu or not p.is_contiguous()):
