@@ -143,3 +143,8 @@ def test_python_dash_m_runs_the_cli_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "nope" in proc.stderr
+
+
+def test_train_reports_where_the_data_came_from(trained, tiny_data):
+    _, stdout = trained
+    assert f"Fashion-MNIST from root ({tiny_data}): 256 training and 128 test images" in stdout

@@ -35,7 +35,8 @@ def load_data_fashion_mnist(
     :class:`TensorLoader` for ``set_epoch``/``state_dict`` and the sharding over
     ``rank``/``world_size``); ``drop_last`` applies to it only. The test loader never shuffles
     and covers each test sample exactly once over all ranks. ``limit`` keeps the first
-    ``limit`` samples of each split. ``root``/``download``: see :func:`locate`.
+    ``limit`` samples of each split. ``root``/``download``: see :func:`locate`; each
+    loader's ``location`` says which source was used.
 
     Raises DatasetError when the files are missing (and cannot be downloaded) or damaged.
     """
@@ -53,4 +54,5 @@ def load_data_fashion_mnist(
     test_loader = TensorLoader(
         test.images[:limit], test.labels[:limit], batch_size, shuffle=False, **common
     )
+    train_loader.location = test_loader.location = location  # reported by the runners
     return train_loader, test_loader

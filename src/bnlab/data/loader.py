@@ -101,6 +101,7 @@ class TensorLoader:
         self.resize = _size_pair(resize)
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         self.epoch = 0
+        self.location = None  # where the data came from (a DataLocation), when known
 
     @property
     def num_samples(self) -> int:

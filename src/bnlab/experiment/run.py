@@ -166,6 +166,11 @@ def run_training(
         download=config.download, limit=config.limit, rank=world.rank,
         world_size=world.world_size, drop_last=world.distributed,
     )
+    if is_main_process() and train_loader.location is not None:
+        where = train_loader.location
+        print(f"Fashion-MNIST from {where.kind} ({where.directory}): "
+              f"{len(train_loader.labels)} training and {len(test_loader.labels)} test images",
+              flush=True)
     model.to(device)
     loaders = (train_loader, test_loader)
     if not world.distributed:

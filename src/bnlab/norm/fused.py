@@ -63,4 +63,6 @@ def use_fused(kernel: str | None, x: Tensor, params: tuple[Tensor | None, ...]) 
     choice = requested_kernel(kernel)
     if choice == "reference" or not fused_eligible(x, params):
         return False
+    if torch.compiler.is_compiling():
+        return False  # under torch.compile the tensor-op path is traced and fused instead
     return cpu_ops(required=choice == "fused") is not None
