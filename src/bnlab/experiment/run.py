@@ -181,7 +181,12 @@ def run_training(
     try:
         agree_on_resume(0 if state is None else int(state["epoch"]), device)
         net = wrap_model(model, device, sync_bn)
-        return _train(config, out, state, model, net, loaders, device, progress)
+        result = _train(config, out, state, model, net, loaders, device, progress)
+        if joined:
+            # Leave together: tearing gloo down while a peer is still writing its outputs
+            # has been seen to abort that peer at exit.
+            dist.barrier()
+        return result
     finally:
         if joined:
             cleanup()
