@@ -31,3 +31,9 @@ def test_status_says_where_it_was_loaded_from():
     if kernels.cpu_ops() is None:
         pytest.skip(f"fused kernels unavailable here: {kernels.kernel_status()}")
     assert kernels.kernel_status().startswith("loaded ")
+
+
+def test_cache_key_includes_the_cpu(monkeypatch):
+    here = build.library_path()
+    monkeypatch.setattr(build, "cpu_signature", lambda: "model name: some other CPU")
+    assert build.library_path() != here

@@ -3,14 +3,15 @@
 The shared library is built with the system C++ compiler straight from
 ``cpu_kernels.cpp`` (no ninja, no pybind: the ops register themselves with torch's
 dispatcher) into ``$BNLAB_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/bnlab/kernels``) under a
-hash of the source, the torch version and the flags, moved into place atomically so
-concurrent builds are safe.
+hash of the source, the torch version, the flags and the CPU (``-march=native``), moved
+into place atomically so concurrent builds are safe.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -47,13 +48,30 @@ def _command(output: Path) -> list[str]:
     ]
 
 
+def cpu_signature() -> str:
+    """What ``-march=native`` compiled for: the CPU model and its instruction-set flags
+    (so a cache shared between machines, e.g. an NFS home, never loads a foreign build)."""
+    lines = []
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    lines.append(line.strip())
+                if not line.strip() and lines:
+                    break  # the first processor describes them all
+    except OSError:
+        pass
+    return "\n".join(lines) or platform.processor() or platform.machine()
+
+
 def library_path() -> Path:
-    """Where the library for this source, torch build and compiler flags lives."""
+    """Where the library for this source, torch build, compiler flags and CPU lives."""
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
     key.update(torch.__version__.encode())
     key.update(" ".join(FLAGS).encode())
     key.update(sys.platform.encode())
+    key.update(cpu_signature().encode())
     return cache_dir() / key.hexdigest()[:16] / "bnlab_cpu_kernels.so"
 
 
