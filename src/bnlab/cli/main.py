@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..host import freed_memory_kept
 from . import checkpoint_cmd, data_cmd, selfcheck, train_cmd
 from .errors import USER_ERRORS
 from .parser import Parser
@@ -40,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args) or 0)
+        with freed_memory_kept():  # see bnlab.host
+            return int(args.handler(args) or 0)
     except USER_ERRORS as err:
         print(f"bnlab {args.command}: error: {err}", file=sys.stderr)
         return 2

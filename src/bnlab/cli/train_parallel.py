@@ -15,6 +15,7 @@ from collections.abc import Callable
 from ..data import load_data_fashion_mnist
 from ..distributed import DEFAULT_TIMEOUT_S, spawn_local, world_info
 from ..experiment import TrainConfig
+from ..host import freed_memory_kept
 from .errors import USER_ERRORS, CLIError
 from .parser import positive_float, positive_int
 
@@ -45,7 +46,8 @@ def launch(nproc: int, run: Callable[..., int], config: TrainConfig, *args: obje
 def _worker(run: Callable[..., int], *args: object) -> int:
     """One process: library errors as one line and status 2, as ``bnlab`` itself does."""
     try:
-        return run(*args)
+        with freed_memory_kept():
+            return run(*args)
     except USER_ERRORS as err:
         print(f"bnlab train: error (process {world_info().rank}): {err}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ..norm import BatchNorm1d, BatchNorm2d
+from .layers import AvgPool2d, Conv2d
 
 __all__ = ["NORMS", "lenet", "lenet_relu"]
 
@@ -47,7 +48,7 @@ def _build(
         return [layer] + ([bn(channels)] if bn is not None else []) + [activation()]
 
     return nn.Sequential(
-        *block(nn.Conv2d(1, 6, kernel_size=5), 6, bn2d),
+        *block(Conv2d(1, 6, kernel_size=5), 6, bn2d),
         pool(),
         *block(nn.Conv2d(6, 16, kernel_size=5), 16, bn2d),
         pool(),
@@ -59,12 +60,14 @@ def _build(
 
 
 def lenet(norm: str = "bnlab") -> nn.Sequential:
-    """The notebook's LeNet: sigmoid activations, 2x2 average pooling.
+    """The notebook's LeNet: sigmoid activations, 2x2 average pooling (the first
+    convolution and the pooling on bnlab's kernels, :mod:`bnlab.models.layers`, for every
+    ``norm``).
 
     ``norm``: ``"bnlab"`` (bnlab.BatchNorm2d/1d), ``"torch"`` (nn.BatchNorm2d/1d) or
     ``"none"`` (no batch-norm layers). Input (N, 1, 28, 28) -> logits (N, 10).
     """
-    return _build(norm, nn.Sigmoid, lambda: nn.AvgPool2d(kernel_size=2, stride=2))
+    return _build(norm, nn.Sigmoid, AvgPool2d)
 
 
 def lenet_relu(norm: str = "bnlab") -> nn.Sequential:

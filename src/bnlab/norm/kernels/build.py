@@ -1,10 +1,11 @@
-"""Compile the fused CPU kernels once per machine and torch build, and load them.
+"""Compile bnlab's C++ kernels once per machine and torch build.
 
-The shared library is built with the system C++ compiler straight from
-``cpu_kernels.cpp`` (no ninja, no pybind: the ops register themselves with torch's
-dispatcher) into ``$BNLAB_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/bnlab/kernels``) under a
-hash of the source, the torch version, the flags and the CPU (``-march=native``), moved
-into place atomically so concurrent builds are safe.
+Each shared library is built with the system C++ compiler straight from one source file
+(``cpu_kernels.cpp`` here; bnlab.models has its own pooling kernel): no ninja, no pybind,
+the ops register themselves with torch's dispatcher. Libraries go to
+``$BNLAB_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/bnlab/kernels``) under a hash of the
+source, the torch version, the flags and the CPU (``-march=native``), moved into place
+atomically so concurrent builds are safe.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def cache_dir() -> Path:
     return Path(base) / "bnlab" / "kernels"
 
 
-def _command(output: Path) -> list[str]:
+def _command(source: Path, output: Path) -> list[str]:
     from torch.utils import cpp_extension
 
     compiler = os.environ.get("CXX", "c++")
@@ -42,7 +43,7 @@ def _command(output: Path) -> list[str]:
     includes = [f"-I{p}" for p in cpp_extension.include_paths()]
     libdirs = cpp_extension.library_paths()
     return [
-        compiler, str(SOURCE), "-o", str(output), *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        compiler, str(source), "-o", str(output), *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *includes, *[f"-L{d}" for d in libdirs], *[f"-Wl,-rpath,{d}" for d in libdirs],
         "-lc10", "-ltorch_cpu", "-ltorch",
     ]
@@ -64,20 +65,21 @@ def cpu_signature() -> str:
     return "\n".join(lines) or platform.processor() or platform.machine()
 
 
-def library_path() -> Path:
-    """Where the library for this source, torch build, compiler flags and CPU lives."""
+def library_path(source: Path = SOURCE) -> Path:
+    """Where the library for ``source``, this torch build, the flags and the CPU lives."""
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    key.update(source.read_bytes())
     key.update(torch.__version__.encode())
     key.update(" ".join(FLAGS).encode())
     key.update(sys.platform.encode())
     key.update(cpu_signature().encode())
-    return cache_dir() / key.hexdigest()[:16] / "bnlab_cpu_kernels.so"
+    return cache_dir() / key.hexdigest()[:16] / f"bnlab_{source.stem}.so"
 
 
-def build(verbose: bool = False) -> Path:
-    """Compile the library unless it is cached; returns its path. Raises RuntimeError."""
-    target = library_path()
+def build(source: Path = SOURCE, verbose: bool = False) -> Path:
+    """Compile ``source`` unless its library is cached; returns the library's path.
+    Raises RuntimeError."""
+    target = library_path(source)
     if target.exists():
         return target
     if shutil.which(os.environ.get("CXX", "c++")) is None:
@@ -86,9 +88,9 @@ def build(verbose: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
     os.close(fd)
     try:
-        proc = subprocess.run(_command(Path(tmp)), capture_output=True, text=True)
+        proc = subprocess.run(_command(source, Path(tmp)), capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{proc.stderr[-4000:]}")
+            raise RuntimeError(f"compiling {source.name} failed:\n{proc.stderr[-4000:]}")
         if verbose and proc.stderr:
             print(proc.stderr, file=sys.stderr)
         os.replace(tmp, target)
