@@ -25,8 +25,14 @@ def _notebook_net() -> nn.Sequential:
 
 
 def _layout(net: nn.Module) -> list[tuple]:
-    rows = []
+    """One row per layer; a BN layer's fused activation shows where its Identity stands."""
+    rows, fused = [], None
     for m in net:
+        if isinstance(m, nn.Identity) and fused is not None:
+            rows.append(({"sigmoid": "Sigmoid", "relu": "ReLU"}[fused],))
+            fused = None
+            continue
+        fused = getattr(m, "activation", None)
         if isinstance(m, nn.Conv2d):
             rows.append(("conv", m.in_channels, m.out_channels, m.kernel_size))
         elif isinstance(m, nn.Linear):
@@ -56,6 +62,14 @@ def test_layout_matches_the_notebook():
     assert _layout(lenet("torch")) == NOTEBOOK_LAYOUT
     assert _layout(lenet("none")) == [row for row in NOTEBOOK_LAYOUT if row[0] != "bn"]
     assert _layout(_notebook_net()) == NOTEBOOK_LAYOUT
+
+
+def test_bnlab_layers_fuse_the_activation():
+    for build, act in ((lenet, "sigmoid"), (lenet_relu, "relu")):
+        net = build("bnlab")
+        assert [m.activation for m in net if isinstance(m, BNLAB_BN)] == [act] * 4
+        assert not any(isinstance(m, (nn.Sigmoid, nn.ReLU)) for m in net)
+        assert all(getattr(m, "activation", None) is None for m in build("torch"))
 
 
 def test_norm_selects_the_batch_norm_classes():

@@ -12,6 +12,11 @@ Layout (input (N, 1, 28, 28), output logits (N, 10)); ``BN`` marks the layers th
 The model is a flat ``nn.Sequential``, so with batch norm its ``state_dict`` keys
 (``"0.weight"``, ``"1.running_mean"``, ...) are those of the notebook's ``net`` and
 ``norm="bnlab"`` and ``norm="torch"`` state dicts load into each other.
+
+With ``norm="bnlab"`` each BN layer applies the activation itself, fused into its kernel
+(``BatchNorm2d(6, activation="sigmoid")``; its backward recomputes the activation instead
+of keeping its output), and an ``nn.Identity`` stands where the activation module was, so
+the indices, and the state_dict keys, stay the notebook's.
 """
 
 from __future__ import annotations
@@ -38,14 +43,19 @@ def _check_norm(norm: str) -> None:
         raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
 
 
-def _build(
-    norm: str, activation: Callable[[], nn.Module], pool: Callable[[], nn.Module]
-) -> nn.Sequential:
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+
+
+def _build(norm: str, activation: str, pool: Callable[[], nn.Module]) -> nn.Sequential:
     _check_norm(norm)
     bn2d, bn1d = _BN_CLASSES.get(norm, (None, None))
 
     def block(layer: nn.Module, channels: int, bn: type[nn.Module] | None) -> list[nn.Module]:
-        return [layer] + ([bn(channels)] if bn is not None else []) + [activation()]
+        if bn is None:
+            return [layer, _ACTIVATIONS[activation]()]
+        if norm == "bnlab":
+            return [layer, bn(channels, activation=activation), nn.Identity()]
+        return [layer, bn(channels), _ACTIVATIONS[activation]()]
 
     return nn.Sequential(
         *block(Conv2d(1, 6, kernel_size=5), 6, bn2d),
@@ -67,9 +77,9 @@ def lenet(norm: str = "bnlab") -> nn.Sequential:
     ``norm``: ``"bnlab"`` (bnlab.BatchNorm2d/1d), ``"torch"`` (nn.BatchNorm2d/1d) or
     ``"none"`` (no batch-norm layers). Input (N, 1, 28, 28) -> logits (N, 10).
     """
-    return _build(norm, nn.Sigmoid, AvgPool2d)
+    return _build(norm, "sigmoid", AvgPool2d)
 
 
 def lenet_relu(norm: str = "bnlab") -> nn.Sequential:
     """The same LeNet with ReLU activations and 2x2 max pooling (same parameters)."""
-    return _build(norm, nn.ReLU, lambda: nn.MaxPool2d(kernel_size=2, stride=2))
+    return _build(norm, "relu", lambda: nn.MaxPool2d(kernel_size=2, stride=2))

@@ -25,7 +25,12 @@ def _target_class(layer: nn.Module, to: str) -> type[nn.Module] | None:
 
 def swap_layer(layer: nn.Module, cls: type[nn.Module], **kwargs) -> nn.Module:
     """A ``cls(..., **kwargs)`` layer holding ``layer``'s very parameters, buffers, settings
-    and mode (no copies: built on the meta device, then handed the tensors)."""
+    and mode (no copies: built on the meta device, then handed the tensors). A fused
+    activation carries over to bnlab layers; torch's layers have none (ValueError)."""
+    activation = getattr(layer, "activation", None)
+    if activation is not None and not issubclass(cls, BatchNormBase):
+        raise ValueError(f"{type(layer).__name__} applies activation={activation!r}, which "
+                         f"{cls.__name__} cannot; follow it with the activation module instead")
     has_stats = layer.running_mean is not None
     new = cls(
         layer.num_features,
@@ -38,6 +43,8 @@ def swap_layer(layer: nn.Module, cls: type[nn.Module], **kwargs) -> nn.Module:
     )
     # Flags switched after construction (e.g. track_running_stats=False) carry over as-is.
     new.track_running_stats = layer.track_running_stats
+    if isinstance(new, BatchNormBase):
+        new.activation = activation
     for name in ("weight", "bias"):  # None stays None (affine=False, or bias=False)
         new.register_parameter(name, getattr(layer, name))
     for name, buf in layer.named_buffers(recurse=False):

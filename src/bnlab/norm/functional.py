@@ -16,9 +16,24 @@ import torch
 from torch import Tensor
 
 from .autograd import BatchNormFunction, compute_dtype, reduce_dims
-from .fused import fused_batch_norm, use_fused
+from .fused import ACTIVATIONS, fused_batch_norm, use_fused
 
-__all__ = ["batch_norm", "batch_stats", "normalize", "update_running_stats", "compute_dtype"]
+__all__ = ["batch_norm", "batch_stats", "normalize", "update_running_stats", "compute_dtype",
+           "check_activation", "apply_activation"]
+
+
+def check_activation(activation: str | None) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'relu' or 'sigmoid', got {activation!r}")
+
+
+def apply_activation(y: Tensor, activation: str | None) -> Tensor:
+    """``activation`` (None, "relu" or "sigmoid") applied to ``y`` with torch's own op."""
+    if activation == "relu":
+        return torch.relu(y)
+    if activation == "sigmoid":
+        return torch.sigmoid(y)
+    return y
 
 
 def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,6 +129,7 @@ def batch_norm(
     eps: float = 1e-5,
     *,
     kernel: str | None = None,
+    activation: str | None = None,
 ) -> Tensor:
     """Batch normalization of ``input`` (N, C, *) — the contract of ``F.batch_norm``.
 
@@ -126,8 +142,33 @@ def batch_norm(
     ``kernel``: ``"reference"`` (the tensor-op pieces of this module), ``"fused"`` (bnlab's
     C++ CPU kernels) or ``"auto"`` (fused where it applies: float32/64 on the CPU); default
     ``$BNLAB_KERNEL`` or ``"auto"``.
+
+    ``activation``: ``"relu"`` or ``"sigmoid"`` applied to the result — on the fused kernels
+    in the same pass, with a backward that recomputes it from the input instead of saving
+    the output (one activation-sized tensor kept for backward instead of two). Equal to
+    ``torch.sigmoid(batch_norm(...))`` to float rounding (the kernels' own ``exp``).
     """
     _check_args(input, running_mean, running_var, weight, bias, training)
+    check_activation(activation)
+    if activation is not None and input.numel() > 0 and use_fused(
+            kernel, input, (weight, bias, running_mean, running_var)):
+        return fused_batch_norm(input, weight, bias, running_mean, running_var, training,
+                                momentum, eps, activation)
+    return apply_activation(_batch_norm(input, running_mean, running_var, weight, bias,
+                                        training, momentum, eps, kernel), activation)
+
+
+def _batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    kernel: str | None,
+) -> Tensor:
     if input.numel() == 0:
         # Like torch: an empty batch passes through (keeping the graph) and no statistic moves.
         out = input.clone()

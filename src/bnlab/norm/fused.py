@@ -17,6 +17,8 @@ from torch import Tensor
 from .kernels import cpu_ops
 
 KERNELS = ("auto", "fused", "reference")
+# The fused kernels' codes for the activations they can apply after the affine transform.
+ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2}
 _FUSED_DTYPES = (torch.float32, torch.float64)
 _PLAIN = (Tensor, torch.nn.Parameter)
 
@@ -30,10 +32,13 @@ def fused_batch_norm(
     training: bool,
     momentum: float,
     eps: float,
+    activation: str | None = None,
 ) -> Tensor:
-    """``F.batch_norm``'s computation on the fused kernels (inputs already validated)."""
+    """``F.batch_norm``'s computation on the fused kernels (inputs already validated),
+    followed in the same pass by ``activation`` (None, "relu" or "sigmoid")."""
     return cpu_ops(required=True).batch_norm.default(x, weight, bias, running_mean,
-                                                     running_var, training, momentum, eps)
+                                                     running_var, training, momentum, eps,
+                                                     ACTIVATIONS[activation])
 
 
 def requested_kernel(kernel: str | None) -> str:

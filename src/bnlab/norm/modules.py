@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import batch_norm
+from .functional import batch_norm, check_activation
 
 __all__ = ["BatchNormBase", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNorm"]
 
@@ -22,10 +22,14 @@ class BatchNormBase(nn.Module):
     ``running_mean``, ``running_var`` (C,) and ``num_batches_tracked`` (int64 scalar) when
     ``track_running_stats``.
     ``momentum=None`` uses a cumulative moving average over the batches seen since
-    :meth:`reset_running_stats`.
+    :meth:`reset_running_stats`. ``activation`` (bnlab's own, keyword-only: None, "relu" or
+    "sigmoid") is applied to the output, fused into the layer's kernel (see
+    :func:`bnlab.functional.batch_norm`); it is a setting, not state, so state dicts are
+    unchanged.
     """
 
     _version = 2  # torch's version of this state_dict layout (has num_batches_tracked)
+    activation: str | None = None  # layers pickled before the setting existed have none
 
     def __init__(
         self,
@@ -38,9 +42,12 @@ class BatchNormBase(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         bias: bool = True,
+        activation: str | None = None,
     ) -> None:
         super().__init__()
+        check_activation(activation)
         factory = {"device": device, "dtype": dtype}
+        self.activation = activation
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
@@ -87,12 +94,13 @@ class BatchNormBase(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return (
+        text = (
             "{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "
             "bias={use_bias}, track_running_stats={track_running_stats}".format(
                 **self.__dict__, use_bias=self.bias is not None
             )
         )
+        return text if self.activation is None else f"{text}, activation={self.activation}"
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -137,7 +145,7 @@ class BatchNormBase(nn.Module):
         if training and not self.track_running_stats:
             running_mean = running_var = None
         return batch_norm(input, running_mean, running_var, params["weight"], params["bias"],
-                          use_batch_stats, factor, self.eps)
+                          use_batch_stats, factor, self.eps, activation=self.activation)
 
 
 def _rank_error(expected: str, input: Tensor) -> ValueError:

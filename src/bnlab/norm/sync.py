@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .convert import is_batch_norm, swap_layer
-from .functional import update_running_stats
+from .functional import apply_activation, update_running_stats
 from .modules import BatchNormBase
 from .sync_autograd import SyncBatchNormFunction, sync_batch_stats
 
@@ -70,9 +70,10 @@ class SyncBatchNorm(BatchNormBase):
         dtype: torch.dtype | None = None,
         *,
         bias: bool = True,
+        activation: str | None = None,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         device, dtype, bias=bias)
+                         device, dtype, bias=bias, activation=activation)
         self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -103,7 +104,7 @@ class SyncBatchNorm(BatchNormBase):
                 factor = 1.0 / float(self.num_batches_tracked)
         # With tracking switched off after construction, training leaves the buffers alone.
         track = self.track_running_stats
-        return sync_batch_norm(
+        return apply_activation(sync_batch_norm(
             input,
             self.running_mean if track else None,
             self.running_var if track else None,
@@ -112,7 +113,7 @@ class SyncBatchNorm(BatchNormBase):
             factor,
             self.eps,
             group,
-        )
+        ), self.activation)
 
 
 def _to_sync(layer: nn.Module, group: dist.ProcessGroup | None) -> SyncBatchNorm:

@@ -5,6 +5,9 @@
 // forward_eval, backward}. Two memory layouts:
 //   planar: x contiguous as (N, C, L): every (n, c) row of L values is contiguous;
 //   rows:   x as (M, C) rows of C values: 2-D input, and channels_last input (N, *, C).
+// An activation (ReLU or sigmoid) may follow the affine transform in the same pass; its
+// backward recomputes it from the saved input instead of saving the output (as in-place
+// activated batch norm does), so a fused layer keeps one activation-sized tensor, not two.
 // Statistics are accumulated in double. The variance uses sums shifted by one sample of the
 // channel (the "shifted data" algorithm): with the shift within a few standard deviations of
 // the mean, S2 - S1^2/n cannot cancel catastrophically, and it needs one pass, not two.
@@ -18,7 +21,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <tuple>
 #include <vector>
 
@@ -27,6 +32,63 @@ namespace {
 using at::Tensor;
 
 constexpr int64_t kGrain = 1 << 15;  // elements of work below which one thread is faster
+
+// Fused activations: the op's ``activation`` argument.
+constexpr int64_t kActNone = 0, kActRelu = 1, kActSigmoid = 2;
+
+// expf without branches or calls, so loops over it vectorize: Cephes' range reduction by
+// ln 2 and degree-6 polynomial (within 2 ulp of expf on the clamped range).
+inline float exp_vec(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + magic) - magic;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+}
+
+template <typename T>
+inline T exp_of(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return exp_vec(x);
+  } else {
+    return std::exp(x);
+  }
+}
+
+template <int ACT, typename T>
+inline T activate(T z) {
+  if constexpr (ACT == kActRelu) {
+    return z < T(0) ? T(0) : z;  // NaN passes through, as torch.relu
+  } else if constexpr (ACT == kActSigmoid) {
+    return T(1) / (T(1) + exp_of(-z));
+  } else {
+    return z;
+  }
+}
+
+// d activate / dz, from z
+template <int ACT, typename T>
+inline T activate_slope(T z) {
+  if constexpr (ACT == kActRelu) {
+    return z > T(0) ? T(1) : T(0);
+  } else {
+    const T s = T(1) / (T(1) + exp_of(-z));
+    return s * (T(1) - s);
+  }
+}
+
+void check_activation(int64_t act) {
+  TORCH_CHECK(act == kActNone || act == kActRelu || act == kActSigmoid,
+              "bnlab: activation must be 0 (none), 1 (relu) or 2 (sigmoid), got ", act);
+}
 
 struct Layout {
   bool rows;  // (M, C) rows; else planar (N, C, L)
@@ -129,8 +191,8 @@ void rows_shifted_sums(const T* x, const Layout& lay, std::vector<double>& s1,
   s2.assign(both.begin() + C, both.end());
 }
 
-// y = (x - mean[c]) * scale[c] + shift[c]
-template <typename T>
+// y = act((x - mean[c]) * scale[c] + shift[c])
+template <int ACT, typename T>
 void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* scale,
                   const T* shift) {
   const int64_t N = lay.n, C = lay.c, L = lay.l;
@@ -141,7 +203,9 @@ void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* s
         const T* p = x + r * C;
         T* q = y + r * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) q[c] = (p[c] - mean[c]) * scale[c] + shift[c];
+        for (int64_t c = 0; c < C; ++c) {
+          q[c] = activate<ACT>((p[c] - mean[c]) * scale[c] + shift[c]);
+        }
       }
     });
     return;
@@ -154,29 +218,44 @@ void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* s
       const T* p = x + j * L;
       T* q = y + j * L;
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) q[i] = (p[i] - m) * s + b;
+      for (int64_t i = 0; i < L; ++i) q[i] = activate<ACT>((p[i] - m) * s + b);
     }
   });
 }
 
-template <typename T>
-Tensor apply_stats(const Tensor& x, const Layout& lay, const Tensor& mean, const Tensor& invstd,
-                   const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias) {
-  const int64_t C = lay.c;
+// (invstd * weight, bias) per channel: the affine transform's scale and shift.
+std::pair<Tensor, Tensor> scale_shift(const Tensor& invstd, const c10::optional<Tensor>& weight,
+                                      const c10::optional<Tensor>& bias) {
   Tensor scale = weight.has_value() && weight->defined() ? invstd * *weight : invstd;
   Tensor shift = bias.has_value() && bias->defined() ? bias->contiguous()
-                                                       : at::zeros({C}, invstd.options());
-  scale = scale.contiguous();
+                                                       : at::zeros_like(invstd);
+  return {scale.contiguous(), shift};
+}
+
+template <typename T>
+Tensor apply_stats(const Tensor& x, const Layout& lay, const Tensor& mean, const Tensor& invstd,
+                   const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+                   int64_t act) {
+  auto [scale, shift] = scale_shift(invstd, weight, bias);
   Tensor y = at::empty_like(x);
-  affine_apply<T>(x.data_ptr<T>(), y.data_ptr<T>(), lay, mean.data_ptr<T>(),
-                  scale.data_ptr<T>(), shift.data_ptr<T>());
+  const T* xp = x.data_ptr<T>();
+  const T *m = mean.data_ptr<T>(), *sc = scale.data_ptr<T>(), *sh = shift.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  if (act == kActRelu) {
+    affine_apply<kActRelu, T>(xp, yp, lay, m, sc, sh);
+  } else if (act == kActSigmoid) {
+    affine_apply<kActSigmoid, T>(xp, yp, lay, m, sc, sh);
+  } else {
+    affine_apply<kActNone, T>(xp, yp, lay, m, sc, sh);
+  }
   return y;
 }
 
 std::tuple<Tensor, Tensor, Tensor> forward_train(
     const Tensor& input, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
     const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var,
-    double momentum, double eps) {
+    double momentum, double eps, int64_t activation) {
+  check_activation(activation);
   auto [x, lay] = canonical(input);
   const int64_t C = lay.c;
   const double count = static_cast<double>(lay.n) * lay.l;
@@ -215,7 +294,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_train(
         rv[c] = static_cast<scalar_t>((1.0 - momentum) * rv[c] + momentum * var[c] * unbias);
       }
     }
-    y = apply_stats<scalar_t>(x, lay, mean, invstd, weight, bias);
+    y = apply_stats<scalar_t>(x, lay, mean, invstd, weight, bias, activation);
   });
   return {y, mean, invstd};
 }
@@ -223,21 +302,25 @@ std::tuple<Tensor, Tensor, Tensor> forward_train(
 std::tuple<Tensor, Tensor> forward_eval(const Tensor& input, const Tensor& running_mean,
                                         const Tensor& running_var,
                                         const c10::optional<Tensor>& weight,
-                                        const c10::optional<Tensor>& bias, double eps) {
+                                        const c10::optional<Tensor>& bias, double eps,
+                                        int64_t activation) {
+  check_activation(activation);
   auto [x, lay] = canonical(input);
   Tensor invstd = (running_var + eps).rsqrt();
   Tensor mean = running_mean.contiguous();
   Tensor y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_eval", [&] {
-    y = apply_stats<scalar_t>(x, lay, mean, invstd, weight, bias);
+    y = apply_stats<scalar_t>(x, lay, mean, invstd, weight, bias, activation);
   });
   return {y, invstd};
 }
 
-// Per channel: sum(dy) and sum(dy * (x - mean)).
-template <typename T>
+// Per channel: sum(dz) and sum(dz * (x - mean)), where dz = dy, or with an activation
+// dz = dy * act'(z), z = (x - mean) * scale + shift recomputed from x and written to dz_out.
+template <int ACT, typename T>
 void grad_sums(const T* x, const T* dy, const T* mean, const Layout& lay,
-               std::vector<double>& sdy, std::vector<double>& sdyx) {
+               std::vector<double>& sdy, std::vector<double>& sdyx, T* dz_out = nullptr,
+               const T* scale = nullptr, const T* shift = nullptr) {
   const int64_t N = lay.n, C = lay.c, L = lay.l;
   sdy.assign(C, 0.0);
   sdyx.assign(C, 0.0);
@@ -246,12 +329,18 @@ void grad_sums(const T* x, const T* dy, const T* mean, const Layout& lay,
     rows_reduce(N, C, 2, both, [&](int64_t r, double* acc) {
       const T* p = x + r * C;
       const T* g = dy + r * C;
+      T* o = dz_out + r * C;
       double* a = acc;
       double* b = acc + C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        a[c] += static_cast<double>(g[c]);
-        b[c] += static_cast<double>(g[c]) * (static_cast<double>(p[c]) - mean[c]);
+        T gc = g[c];
+        if constexpr (ACT != kActNone) {
+          gc *= activate_slope<ACT>((p[c] - mean[c]) * scale[c] + shift[c]);
+          o[c] = gc;
+        }
+        a[c] += static_cast<double>(gc);
+        b[c] += static_cast<double>(gc) * (static_cast<double>(p[c]) - mean[c]);
       }
     });
     std::copy(both.begin(), both.begin() + C, sdy.begin());
@@ -262,14 +351,22 @@ void grad_sums(const T* x, const T* dy, const T* mean, const Layout& lay,
                    [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const double m = mean[c];
+      const T mt = mean[c];
+      const T sc = scale ? scale[c] : T(1), sh = shift ? shift[c] : T(0);
       double a = 0.0, b = 0.0;
       for (int64_t n = 0; n < N; ++n) {
         const T* p = x + (n * C + c) * L;
         const T* g = dy + (n * C + c) * L;
+        T* o = dz_out + (n * C + c) * L;
 #pragma omp simd reduction(+ : a, b)
         for (int64_t i = 0; i < L; ++i) {
-          a += static_cast<double>(g[i]);
-          b += static_cast<double>(g[i]) * (static_cast<double>(p[i]) - m);
+          T gi = g[i];
+          if constexpr (ACT != kActNone) {
+            gi *= activate_slope<ACT>((p[i] - mt) * sc + sh);
+            o[i] = gi;
+          }
+          a += static_cast<double>(gi);
+          b += static_cast<double>(gi) * (static_cast<double>(p[i]) - m);
         }
       }
       sdy[c] = a;
@@ -310,13 +407,17 @@ void grad_input(const T* x, const T* dy, T* dx, const Layout& lay, const T* mean
   });
 }
 
-// Gradients of y = (x - mean) * invstd * weight + bias. ``train``: mean/invstd are the batch's
-// own statistics (their dependence on x enters dx); else constants. Undefined outputs are
-// returned for grads not asked for.
-std::tuple<Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_out, const Tensor& input,
-                                            const Tensor& mean, const Tensor& invstd,
-                                            const c10::optional<Tensor>& weight, bool train,
-                                            bool need_dx, bool need_dw, bool need_db) {
+// Gradients of y = act((x - mean) * invstd * weight + bias). ``train``: mean/invstd are the
+// batch's own statistics (their dependence on x enters dx); else constants. Undefined outputs
+// are returned for grads not asked for. With an activation, its gradient is taken in the
+// first pass (the activation recomputed from x) and bias is needed.
+std::tuple<Tensor, Tensor, Tensor> backward_act(const Tensor& grad_out, const Tensor& input,
+                                                const Tensor& mean, const Tensor& invstd,
+                                                const c10::optional<Tensor>& weight,
+                                                const c10::optional<Tensor>& bias,
+                                                int64_t activation, bool train, bool need_dx,
+                                                bool need_dw, bool need_db) {
+  check_activation(activation);
   auto [x, lay] = canonical(input);
   Tensor dy = like_layout(grad_out, x, lay);
   const int64_t C = lay.c;
@@ -325,7 +426,23 @@ std::tuple<Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_out, const
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_backward", [&] {
     std::vector<double> sdy, sdyx;
     const scalar_t* m = mean.data_ptr<scalar_t>();
-    grad_sums<scalar_t>(x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    if (activation != kActNone) {
+      // The activation's gradient dz replaces dy from here on; dx then overwrites it.
+      auto [scale, shift] = scale_shift(invstd, weight, bias);
+      Tensor dz = at::empty_like(x);
+      const scalar_t *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>();
+      if (activation == kActRelu) {
+        grad_sums<kActRelu, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx,
+                                      dz.data_ptr<scalar_t>(), sc, sh);
+      } else {
+        grad_sums<kActSigmoid, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx,
+                                         dz.data_ptr<scalar_t>(), sc, sh);
+      }
+      dy = dz;
+    } else {
+      grad_sums<kActNone, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx);
+    }
     const scalar_t* is = invstd.data_ptr<scalar_t>();
     const bool has_w = weight.has_value() && weight->defined();
     const scalar_t* w = has_w ? weight->data_ptr<scalar_t>() : nullptr;
@@ -356,12 +473,21 @@ std::tuple<Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_out, const
           q[c] = 0;
         }
       }
-      dx = at::empty_like(x);
+      dx = activation != kActNone ? dy : at::empty_like(x);  // dy is then our own dz
       grad_input<scalar_t>(x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
                            dx.data_ptr<scalar_t>(), lay, m, k, p, q);
     }
   });
   return {dx, dw, db};
+}
+
+std::tuple<Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_out, const Tensor& input,
+                                                   const Tensor& mean, const Tensor& invstd,
+                                                   const c10::optional<Tensor>& weight,
+                                                   bool train, bool need_dx, bool need_dw,
+                                                   bool need_db) {
+  return backward_act(grad_out, input, mean, invstd, weight, c10::nullopt, kActNone, train,
+                      need_dx, need_dw, need_db);
 }
 
 
@@ -412,19 +538,49 @@ std::vector<Tensor> differentiable_grads(const Tensor& dy, const Tensor& x, Tens
   return {dx, dw, db};
 }
 
+// The same with the activation: its gradient taken with differentiable ops on z recomputed
+// from x (and, in training, from x's own statistics), then the closed form above.
+std::vector<Tensor> differentiable_grads_act(const Tensor& dy, const Tensor& x, Tensor mean,
+                                             Tensor invstd, const Tensor& weight,
+                                             const Tensor& bias, int64_t act, bool train,
+                                             double eps, bool need_dx, bool need_dw,
+                                             bool need_db) {
+  const auto shape = channel_shape(x);
+  Tensor m = mean, is = invstd;
+  if (train) {
+    auto [var, mu] = at::var_mean(x, reduce_dims(x), /*correction=*/0, /*keepdim=*/false);
+    m = mu;
+    is = at::rsqrt(var + eps);
+  }
+  Tensor z = (x - m.view(shape)) * is.view(shape);
+  if (weight.defined()) z = z * weight.view(shape);
+  if (bias.defined()) z = z + bias.view(shape);
+  Tensor dz;
+  if (act == kActRelu) {
+    dz = dy * (z > 0).to(dy.scalar_type());
+  } else {
+    Tensor sig = at::sigmoid(z);
+    dz = dy * sig * (1 - sig);
+  }
+  return differentiable_grads(dz, x, mean, invstd, weight, train, eps, need_dx, need_dw,
+                              need_db);
+}
+
 // The backward node, built by hand as PyTorch's generated nodes are (lighter than a
 // torch::autograd::Function): edges to x, weight, bias (those given).
 struct BatchNormBackward : public torch::autograd::Node {
-  torch::autograd::SavedVariable x, weight;
+  torch::autograd::SavedVariable x, weight, bias;  // bias: only with an activation
   Tensor mean, invstd;  // (C,) statistics, outside autograd
   bool training = true, has_weight = false, has_bias = false;
   double eps = 1e-5;
+  int64_t activation = kActNone;
 
   std::string name() const override { return "BnlabBatchNormBackward"; }
 
   void release_variables() override {
     x.reset_data();
     weight.reset_data();
+    bias.reset_data();
     mean.reset();
     invstd.reset();
   }
@@ -435,18 +591,23 @@ struct BatchNormBackward : public torch::autograd::Node {
     if (!dy.defined()) return torch::autograd::variable_list(n_out);
     Tensor xv = x.unpack();
     Tensor w = weight.unpack();
+    Tensor b = activation == kActNone ? Tensor() : bias.unpack();
     const bool need_dx = task_should_compute_output(0);
     const bool need_dw = has_weight && task_should_compute_output(1);
     const bool need_db = has_bias && task_should_compute_output(has_weight ? 2 : 1);
     Tensor dx, dw, db;
     if (at::GradMode::is_enabled()) {
-      auto g = differentiable_grads(dy, xv, mean, invstd, w, training, eps, need_dx, need_dw,
-                                    need_db);
+      auto g = activation == kActNone
+                   ? differentiable_grads(dy, xv, mean, invstd, w, training, eps, need_dx,
+                                          need_dw, need_db)
+                   : differentiable_grads_act(dy, xv, mean, invstd, w, b, activation, training,
+                                              eps, need_dx, need_dw, need_db);
       dx = g[0], dw = g[1], db = g[2];
     } else {
       auto wo = w.defined() ? c10::optional<Tensor>(w) : c10::nullopt;
-      std::tie(dx, dw, db) =
-          backward_kernel(dy, xv, mean, invstd, wo, training, need_dx, need_dw, need_db);
+      auto bo = b.defined() ? c10::optional<Tensor>(b) : c10::nullopt;
+      std::tie(dx, dw, db) = backward_act(dy, xv, mean, invstd, wo, bo, activation, training,
+                                          need_dx, need_dw, need_db);
     }
     torch::autograd::variable_list out{dx};
     if (has_weight) out.push_back(dw);
@@ -460,15 +621,16 @@ struct BatchNormBackward : public torch::autograd::Node {
 Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
                   const c10::optional<Tensor>& bias, const c10::optional<Tensor>& running_mean,
                   const c10::optional<Tensor>& running_var, bool training, double momentum,
-                  double eps) {
+                  double eps, int64_t activation) {
   Tensor y, mean, invstd;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     if (training) {
       std::tie(y, mean, invstd) =
-          forward_train(x, weight, bias, running_mean, running_var, momentum, eps);
+          forward_train(x, weight, bias, running_mean, running_var, momentum, eps, activation);
     } else {
-      std::tie(y, invstd) = forward_eval(x, *running_mean, *running_var, weight, bias, eps);
+      std::tie(y, invstd) =
+          forward_eval(x, *running_mean, *running_var, weight, bias, eps, activation);
       mean = running_mean->clone();  // a later training step updates the buffer in place
     }
   }
@@ -482,9 +644,14 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
   if (!torch::autograd::compute_requires_grad(inputs)) return y;
   auto node = c10::make_intrusive<BatchNormBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(inputs));
-  // Saved: the input and two (C,) statistics, as torch's kernel saves; the rest is recomputed.
+  // Saved: the input and two (C,) statistics, as torch's kernel saves; the rest (with an
+  // activation: its input and output too) is recomputed.
   node->x = torch::autograd::SavedVariable(x, false);
   if (defined(weight)) node->weight = torch::autograd::SavedVariable(*weight, false);
+  if (activation != kActNone && defined(bias)) {
+    node->bias = torch::autograd::SavedVariable(*bias, false);
+  }
+  node->activation = activation;
   node->mean = mean;
   node->invstd = invstd;
   node->training = training;
@@ -500,16 +667,22 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
 TORCH_LIBRARY(bnlab, m) {
   m.def(
       "batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-      "Tensor(b!)? running_var, bool training, float momentum, float eps) -> Tensor");
+      "Tensor(b!)? running_var, bool training, float momentum, float eps, int activation=0) "
+      "-> Tensor");
   m.def(
       "forward_train(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-      "Tensor(b!)? running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor)");
+      "Tensor(b!)? running_var, float momentum, float eps, int activation=0) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "forward_eval(Tensor input, Tensor running_mean, Tensor running_var, Tensor? weight, "
-      "Tensor? bias, float eps) -> (Tensor, Tensor)");
+      "Tensor? bias, float eps, int activation=0) -> (Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, Tensor? weight, "
       "bool train, bool need_dx, bool need_dw, bool need_db) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "backward_act(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, Tensor? weight, "
+      "Tensor? bias, int activation, bool train, bool need_dx, bool need_dw, bool need_db) "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(bnlab, Autograd, m) {
@@ -520,5 +693,6 @@ TORCH_LIBRARY_IMPL(bnlab, CPU, m) {
   m.impl("forward_train", &forward_train);
   m.impl("forward_eval", &forward_eval);
   m.impl("backward", &backward_kernel);
+  m.impl("backward_act", &backward_act);
   m.impl("batch_norm", &batch_norm);  // inference tensors (no autograd key) land here
 }
