@@ -2,9 +2,12 @@
 //
 // Registered as torch.ops.bnlab.batch_norm (with its autograd: the closed-form backward, in
 // C++, so no Python runs in backward) and the raw kernels torch.ops.bnlab.{forward_train,
-// forward_eval, backward}. Two memory layouts:
-//   planar: x contiguous as (N, C, L): every (n, c) row of L values is contiguous;
-//   rows:   x as (M, C) rows of C values: 2-D input, and channels_last input (N, *, C).
+// forward_eval, backward, backward_act}. Two memory layouts:
+//   planar: x contiguous as (N, C, L): every (n, c) row of L values is contiguous; threads
+//           take whole channels, and each channel's two passes run back to back (the second
+//           finds the channel in cache);
+//   rows:   x as (M, C) rows of C values: 2-D input, and channels_last input (N, *, C);
+//           threads take row blocks with per-thread partial sums.
 // An activation (ReLU or sigmoid) may follow the affine transform in the same pass; its
 // backward recomputes it from the saved input instead of saving the output (as in-place
 // activated batch norm does), so a fused layer keeps one activation-sized tensor, not two.
@@ -122,31 +125,6 @@ Tensor like_layout(const Tensor& t, const Tensor& x, const Layout& lay) {
   return t.contiguous();
 }
 
-template <typename T>
-void planar_shifted_sums(const T* x, const Layout& lay, std::vector<double>& s1,
-                         std::vector<double>& s2, std::vector<double>& shift) {
-  const int64_t N = lay.n, C = lay.c, L = lay.l;
-  at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
-                   [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const double k = static_cast<double>(x[c * L]);
-      double a = 0.0, b = 0.0;
-      for (int64_t n = 0; n < N; ++n) {
-        const T* p = x + (n * C + c) * L;
-#pragma omp simd reduction(+ : a, b)
-        for (int64_t i = 0; i < L; ++i) {
-          const double d = static_cast<double>(p[i]) - k;
-          a += d;
-          b += d * d;
-        }
-      }
-      s1[c] = a;
-      s2[c] = b;
-      shift[c] = k;
-    }
-  });
-}
-
 // Rows layout: per-thread partial sums over row blocks, vectorized across channels.
 template <typename F>
 void rows_reduce(int64_t M, int64_t C, int nacc, std::vector<double>& out, F&& row_fn) {
@@ -251,6 +229,49 @@ Tensor apply_stats(const Tensor& x, const Layout& lay, const Tensor& mean, const
   return y;
 }
 
+// Planar layout, training: each channel's statistics, running-statistic update and output
+// in turn, so the second pass over a channel (N * L values) reads it from this core's L2
+// cache instead of from memory shared with everything else.
+template <int ACT, typename T>
+void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const T* b,
+                          T* mean, T* invstd, T* rm, T* rv, double momentum, double eps) {
+  const int64_t N = lay.n, C = lay.c, L = lay.l;
+  const double count = static_cast<double>(N) * L;
+  at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
+                   [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const double k = static_cast<double>(x[c * L]);
+      double a = 0.0, bb = 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* p = x + (n * C + c) * L;
+#pragma omp simd reduction(+ : a, bb)
+        for (int64_t i = 0; i < L; ++i) {
+          const double d = static_cast<double>(p[i]) - k;
+          a += d;
+          bb += d * d;
+        }
+      }
+      const double d = a / count;
+      const double var = std::max(0.0, (bb - a * d) / count);
+      const T m = static_cast<T>(k + d);
+      const T is = static_cast<T>(1.0 / std::sqrt(var + eps));
+      mean[c] = m;
+      invstd[c] = is;
+      if (rm) rm[c] = static_cast<T>((1.0 - momentum) * rm[c] + momentum * (k + d));
+      if (rv) {
+        rv[c] = static_cast<T>((1.0 - momentum) * rv[c] + momentum * var * count / (count - 1.0));
+      }
+      const T sc = w ? is * w[c] : is, sh = b ? b[c] : T(0);
+      for (int64_t n = 0; n < N; ++n) {
+        const T* p = x + (n * C + c) * L;
+        T* q = y + (n * C + c) * L;
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i) q[i] = activate<ACT>((p[i] - m) * sc + sh);
+      }
+    }
+  });
+}
+
 std::tuple<Tensor, Tensor, Tensor> forward_train(
     const Tensor& input, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
     const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var,
@@ -262,16 +283,35 @@ std::tuple<Tensor, Tensor, Tensor> forward_train(
   Tensor mean = at::empty({C}, x.options());
   Tensor invstd = at::empty({C}, x.options());
   Tensor y;
+  if (!lay.rows) {
+    Tensor y = at::empty_like(x);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_train", [&] {
+      auto ptr = [](const c10::optional<Tensor>& t) {
+        return t.has_value() && t->defined() ? t->data_ptr<scalar_t>() : nullptr;
+      };
+      const scalar_t *w = ptr(weight), *b = ptr(bias);
+      scalar_t *rm = ptr(running_mean), *rv = ptr(running_var);
+      auto run = [&](auto act) {
+        planar_forward_train<decltype(act)::value, scalar_t>(
+            x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), lay, w, b,
+            mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(), rm, rv, momentum, eps);
+      };
+      if (activation == kActRelu) {
+        run(std::integral_constant<int, kActRelu>{});
+      } else if (activation == kActSigmoid) {
+        run(std::integral_constant<int, kActSigmoid>{});
+      } else {
+        run(std::integral_constant<int, kActNone>{});
+      }
+    });
+    return {y, mean, invstd};
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_train", [&] {
     std::vector<double> s1, s2, k;
     s1.resize(C);
     s2.resize(C);
     k.resize(C);
-    if (lay.rows) {
-      rows_shifted_sums<scalar_t>(x.data_ptr<scalar_t>(), lay, s1, s2, k);
-    } else {
-      planar_shifted_sums<scalar_t>(x.data_ptr<scalar_t>(), lay, s1, s2, k);
-    }
+    rows_shifted_sums<scalar_t>(x.data_ptr<scalar_t>(), lay, s1, s2, k);
     scalar_t* m = mean.data_ptr<scalar_t>();
     scalar_t* is = invstd.data_ptr<scalar_t>();
     std::vector<double> var(C);
@@ -315,94 +355,101 @@ std::tuple<Tensor, Tensor> forward_eval(const Tensor& input, const Tensor& runni
   return {y, invstd};
 }
 
-// Per channel: sum(dz) and sum(dz * (x - mean)), where dz = dy, or with an activation
-// dz = dy * act'(z), z = (x - mean) * scale + shift recomputed from x and written to dz_out.
+// Rows layout, per channel: sum(dz) and sum(dz * (x - mean)), where dz = dy, or with an
+// activation dz = dy * act'(z), z = (x - mean) * scale + shift recomputed from x and written
+// to dz_out.
 template <int ACT, typename T>
-void grad_sums(const T* x, const T* dy, const T* mean, const Layout& lay,
-               std::vector<double>& sdy, std::vector<double>& sdyx, T* dz_out = nullptr,
-               const T* scale = nullptr, const T* shift = nullptr) {
-  const int64_t N = lay.n, C = lay.c, L = lay.l;
-  sdy.assign(C, 0.0);
-  sdyx.assign(C, 0.0);
-  if (lay.rows) {
-    std::vector<double> both;
-    rows_reduce(N, C, 2, both, [&](int64_t r, double* acc) {
-      const T* p = x + r * C;
-      const T* g = dy + r * C;
-      T* o = dz_out + r * C;
-      double* a = acc;
-      double* b = acc + C;
+void rows_grad_sums(const T* x, const T* dy, const T* mean, const Layout& lay,
+                    std::vector<double>& sdy, std::vector<double>& sdyx, T* dz_out = nullptr,
+                    const T* scale = nullptr, const T* shift = nullptr) {
+  const int64_t M = lay.n, C = lay.c;
+  std::vector<double> both;
+  rows_reduce(M, C, 2, both, [&](int64_t r, double* acc) {
+    const T* p = x + r * C;
+    const T* g = dy + r * C;
+    T* o = dz_out + r * C;
+    double* a = acc;
+    double* b = acc + C;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        T gc = g[c];
-        if constexpr (ACT != kActNone) {
-          gc *= activate_slope<ACT>((p[c] - mean[c]) * scale[c] + shift[c]);
-          o[c] = gc;
-        }
-        a[c] += static_cast<double>(gc);
-        b[c] += static_cast<double>(gc) * (static_cast<double>(p[c]) - mean[c]);
+    for (int64_t c = 0; c < C; ++c) {
+      T gc = g[c];
+      if constexpr (ACT != kActNone) {
+        gc *= activate_slope<ACT>((p[c] - mean[c]) * scale[c] + shift[c]);
+        o[c] = gc;
       }
-    });
-    std::copy(both.begin(), both.begin() + C, sdy.begin());
-    std::copy(both.begin() + C, both.end(), sdyx.begin());
-    return;
-  }
-  at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
-                   [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const double m = mean[c];
-      const T mt = mean[c];
-      const T sc = scale ? scale[c] : T(1), sh = shift ? shift[c] : T(0);
-      double a = 0.0, b = 0.0;
-      for (int64_t n = 0; n < N; ++n) {
-        const T* p = x + (n * C + c) * L;
-        const T* g = dy + (n * C + c) * L;
-        T* o = dz_out + (n * C + c) * L;
-#pragma omp simd reduction(+ : a, b)
-        for (int64_t i = 0; i < L; ++i) {
-          T gi = g[i];
-          if constexpr (ACT != kActNone) {
-            gi *= activate_slope<ACT>((p[i] - mt) * sc + sh);
-            o[i] = gi;
-          }
-          a += static_cast<double>(gi);
-          b += static_cast<double>(gi) * (static_cast<double>(p[i]) - m);
-        }
-      }
-      sdy[c] = a;
-      sdyx[c] = b;
+      a[c] += static_cast<double>(gc);
+      b[c] += static_cast<double>(gc) * (static_cast<double>(p[c]) - mean[c]);
+    }
+  });
+  sdy.assign(both.begin(), both.begin() + C);
+  sdyx.assign(both.begin() + C, both.end());
+}
+
+// Rows layout: dx = k*dy + (x - mean)*p + q, with per-channel k, p, q.
+template <typename T>
+void rows_grad_input(const T* x, const T* dy, T* dx, const Layout& lay, const T* mean,
+                     const T* k, const T* p, const T* q) {
+  const int64_t M = lay.n, C = lay.c;
+  at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)),
+                   [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xp = x + r * C;
+      const T* g = dy + r * C;
+      T* o = dx + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = g[c] * k[c] + (xp[c] - mean[c]) * p[c] + q[c];
     }
   });
 }
 
-// dx = k*dy + (x - mean)*p + q, with per-channel k, p, q.
-template <typename T>
-void grad_input(const T* x, const T* dy, T* dx, const Layout& lay, const T* mean, const T* k,
-                const T* p, const T* q) {
+// Planar layout: per channel in turn, the sums pass (with an activation: forming dz and, when
+// dx is wanted, storing it in dx) and then the dx pass, which finds the channel in L2.
+template <int ACT, typename T>
+void planar_backward(const T* x, const T* dy, T* dx, const Layout& lay, const T* mean,
+                     const T* invstd, const T* w, const T* b, bool train,
+                     std::vector<double>& sdy, std::vector<double>& sdyx) {
   const int64_t N = lay.n, C = lay.c, L = lay.l;
-  if (lay.rows) {
-    at::parallel_for(0, N, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)),
-                     [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* xp = x + r * C;
-        const T* g = dy + r * C;
-        T* o = dx + r * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) o[c] = g[c] * k[c] + (xp[c] - mean[c]) * p[c] + q[c];
+  const double count = static_cast<double>(N) * L;
+  sdy.assign(C, 0.0);
+  sdyx.assign(C, 0.0);
+  at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
+                   [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const double md = mean[c];
+      const T m = mean[c], is = invstd[c];
+      const T sc = w ? is * w[c] : is, sh = b ? b[c] : T(0);
+      double a = 0.0, bb = 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* p = x + (n * C + c) * L;
+        const T* g = dy + (n * C + c) * L;
+        T* o = dx ? dx + (n * C + c) * L : nullptr;
+#pragma omp simd reduction(+ : a, bb)
+        for (int64_t i = 0; i < L; ++i) {
+          T gi = g[i];
+          if constexpr (ACT != kActNone) {
+            gi *= activate_slope<ACT>((p[i] - m) * sc + sh);
+            if (o) o[i] = gi;
+          }
+          a += static_cast<double>(gi);
+          bb += static_cast<double>(gi) * (static_cast<double>(p[i]) - md);
+        }
       }
-    });
-    return;
-  }
-  at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, L)),
-                   [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const int64_t c = j % C;
-      const T kc = k[c], pc = p[c], qc = q[c], mc = mean[c];
-      const T* xp = x + j * L;
-      const T* g = dy + j * L;
-      T* o = dx + j * L;
+      sdy[c] = a;
+      sdyx[c] = bb;
+      if (!dx) continue;
+      const double kd = static_cast<double>(is) * (w ? static_cast<double>(w[c]) : 1.0);
+      const double i2 = static_cast<double>(is) * is;
+      const T kc = static_cast<T>(kd);
+      const T pc = train ? static_cast<T>(-kd * i2 * bb / count) : T(0);
+      const T qc = train ? static_cast<T>(-kd * a / count) : T(0);
+      for (int64_t n = 0; n < N; ++n) {
+        const T* p = x + (n * C + c) * L;
+        // with an activation dx holds dz here, overwritten element by element
+        const T* g = ACT != kActNone ? dx + (n * C + c) * L : dy + (n * C + c) * L;
+        T* o = dx + (n * C + c) * L;
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) o[i] = g[i] * kc + (xp[i] - mc) * pc + qc;
+        for (int64_t i = 0; i < L; ++i) o[i] = g[i] * kc + (p[i] - m) * pc + qc;
+      }
     }
   });
 }
@@ -427,25 +474,38 @@ std::tuple<Tensor, Tensor, Tensor> backward_act(const Tensor& grad_out, const Te
     std::vector<double> sdy, sdyx;
     const scalar_t* m = mean.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    if (activation != kActNone) {
+    const bool has_w = weight.has_value() && weight->defined();
+    const scalar_t* w = has_w ? weight->data_ptr<scalar_t>() : nullptr;
+    const scalar_t* is = invstd.data_ptr<scalar_t>();
+    if (!lay.rows) {
+      if (need_dx) dx = at::empty_like(x);
+      scalar_t* dxp = need_dx ? dx.data_ptr<scalar_t>() : nullptr;
+      const scalar_t* b =
+          bias.has_value() && bias->defined() ? bias->data_ptr<scalar_t>() : nullptr;
+      const scalar_t* g = dy.data_ptr<scalar_t>();
+      if (activation == kActRelu) {
+        planar_backward<kActRelu, scalar_t>(xp, g, dxp, lay, m, is, w, b, train, sdy, sdyx);
+      } else if (activation == kActSigmoid) {
+        planar_backward<kActSigmoid, scalar_t>(xp, g, dxp, lay, m, is, w, b, train, sdy, sdyx);
+      } else {
+        planar_backward<kActNone, scalar_t>(xp, g, dxp, lay, m, is, w, b, train, sdy, sdyx);
+      }
+    } else if (activation != kActNone) {
       // The activation's gradient dz replaces dy from here on; dx then overwrites it.
       auto [scale, shift] = scale_shift(invstd, weight, bias);
       Tensor dz = at::empty_like(x);
       const scalar_t *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>();
       if (activation == kActRelu) {
-        grad_sums<kActRelu, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx,
-                                      dz.data_ptr<scalar_t>(), sc, sh);
+        rows_grad_sums<kActRelu, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx,
+                                           dz.data_ptr<scalar_t>(), sc, sh);
       } else {
-        grad_sums<kActSigmoid, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx,
-                                         dz.data_ptr<scalar_t>(), sc, sh);
+        rows_grad_sums<kActSigmoid, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy,
+                                              sdyx, dz.data_ptr<scalar_t>(), sc, sh);
       }
       dy = dz;
     } else {
-      grad_sums<kActNone, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx);
+      rows_grad_sums<kActNone, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx);
     }
-    const scalar_t* is = invstd.data_ptr<scalar_t>();
-    const bool has_w = weight.has_value() && weight->defined();
-    const scalar_t* w = has_w ? weight->data_ptr<scalar_t>() : nullptr;
     if (need_dw && has_w) {
       dw = at::empty({C}, weight->options());
       scalar_t* o = dw.data_ptr<scalar_t>();
@@ -456,7 +516,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_act(const Tensor& grad_out, const Te
       scalar_t* o = db.data_ptr<scalar_t>();
       for (int64_t c = 0; c < C; ++c) o[c] = static_cast<scalar_t>(sdy[c]);
     }
-    if (need_dx) {
+    if (need_dx && lay.rows) {
       Tensor coef = at::empty({3, C}, x.options());
       scalar_t* k = coef.data_ptr<scalar_t>();
       scalar_t* p = k + C;
@@ -474,7 +534,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_act(const Tensor& grad_out, const Te
         }
       }
       dx = activation != kActNone ? dy : at::empty_like(x);  // dy is then our own dz
-      grad_input<scalar_t>(x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
+      rows_grad_input<scalar_t>(x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
                            dx.data_ptr<scalar_t>(), lay, m, k, p, q);
     }
   });
