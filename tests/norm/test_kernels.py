@@ -37,3 +37,12 @@ def test_cache_key_includes_the_cpu(monkeypatch):
     here = build.library_path()
     monkeypatch.setattr(build, "cpu_signature", lambda: "model name: some other CPU")
     assert build.library_path() != here
+
+
+def test_cache_key_includes_the_headers(tmp_path, monkeypatch):
+    src = tmp_path / "k.cpp"
+    src.write_text('#include "part.h"\n')
+    (tmp_path / "part.h").write_text("// one\n")
+    first = build.library_path(src)
+    (tmp_path / "part.h").write_text("// two\n")
+    assert build.library_path(src) != first

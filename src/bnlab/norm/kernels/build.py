@@ -1,11 +1,11 @@
 """Compile bnlab's C++ kernels once per machine and torch build.
 
 Each shared library is built with the system C++ compiler straight from one source file
-(``cpu_kernels.cpp`` here; bnlab.models has its own pooling kernel): no ninja, no pybind,
-the ops register themselves with torch's dispatcher. Libraries go to
-``$BNLAB_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/bnlab/kernels``) under a hash of the
-source, the torch version, the flags and the CPU (``-march=native``), moved into place
-atomically so concurrent builds are safe.
+(``cpu_kernels.cpp`` here, which includes the ``bn_*.h`` parts beside it; bnlab.models has
+its own kernels): no ninja, no pybind, the ops register themselves with torch's dispatcher.
+Libraries go to ``$BNLAB_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/bnlab/kernels``) under a
+hash of the source and the headers beside it, the torch version, the flags and the CPU
+(``-march=native``), moved into place atomically so concurrent builds are safe.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ def library_path(source: Path = SOURCE) -> Path:
     """Where the library for ``source``, this torch build, the flags and the CPU lives."""
     key = hashlib.sha256()
     key.update(source.read_bytes())
+    for header in sorted(source.parent.glob("*.h")):  # the parts it includes
+        key.update(header.name.encode())
+        key.update(header.read_bytes())
     key.update(torch.__version__.encode())
     key.update(" ".join(FLAGS).encode())
     key.update(sys.platform.encode())

@@ -1,0 +1,199 @@
+// bnlab kernels: backward passes (gradient sums, input gradient; activation recomputed).
+// Part of cpu_kernels.cpp's single translation unit (included there, inside its anonymous
+// namespace); split out only to keep each file readable.
+#pragma once
+
+// Rows layout, per channel: sum(dz) and sum(dz * (x - mean)), where dz = dy, or with an
+// activation dz = dy * act'(z), z = (x - mean) * scale + shift recomputed from x and written
+// to dz_out.
+template <int ACT, typename T>
+void rows_grad_sums(const T* x, const T* dy, const T* mean, const Layout& lay,
+                    std::vector<double>& sdy, std::vector<double>& sdyx, T* dz_out = nullptr,
+                    const T* scale = nullptr, const T* shift = nullptr) {
+  const int64_t M = lay.n, C = lay.c;
+  std::vector<double> both;
+  rows_reduce(M, C, 2, both, [&](int64_t r, double* acc) {
+    const T* p = x + r * C;
+    const T* g = dy + r * C;
+    T* o = dz_out + r * C;
+    double* a = acc;
+    double* b = acc + C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      T gc = g[c];
+      if constexpr (ACT != kActNone) {
+        gc *= activate_slope<ACT>((p[c] - mean[c]) * scale[c] + shift[c]);
+        o[c] = gc;
+      }
+      a[c] += static_cast<double>(gc);
+      b[c] += static_cast<double>(gc) * (static_cast<double>(p[c]) - mean[c]);
+    }
+  });
+  sdy.assign(both.begin(), both.begin() + C);
+  sdyx.assign(both.begin() + C, both.end());
+}
+
+// Rows layout: dx = k*dy + (x - mean)*p + q, with per-channel k, p, q.
+template <typename T>
+void rows_grad_input(const T* x, const T* dy, T* dx, const Layout& lay, const T* mean,
+                     const T* k, const T* p, const T* q) {
+  const int64_t M = lay.n, C = lay.c;
+  at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)),
+                   [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xp = x + r * C;
+      const T* g = dy + r * C;
+      T* o = dx + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = g[c] * k[c] + (xp[c] - mean[c]) * p[c] + q[c];
+    }
+  });
+}
+
+// Planar layout: per channel in turn, the sums pass (with an activation: forming dz and, when
+// dx is wanted, storing it in dx) and then the dx pass, which finds the channel in L2.
+template <int ACT, typename T>
+void planar_backward(const T* x, const T* dy, T* dx, const Layout& lay, const T* mean,
+                     const T* invstd, const T* w, const T* b, bool train,
+                     std::vector<double>& sdy, std::vector<double>& sdyx) {
+  const int64_t N = lay.n, C = lay.c, L = lay.l;
+  const double count = static_cast<double>(N) * L;
+  sdy.assign(C, 0.0);
+  sdyx.assign(C, 0.0);
+  at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
+                   [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const double md = mean[c];
+      const T m = mean[c], is = invstd[c];
+      const T sc = w ? is * w[c] : is, sh = b ? b[c] : T(0);
+      double a = 0.0, bb = 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* p = x + (n * C + c) * L;
+        const T* g = dy + (n * C + c) * L;
+        T* o = dx ? dx + (n * C + c) * L : nullptr;
+#pragma omp simd reduction(+ : a, bb)
+        for (int64_t i = 0; i < L; ++i) {
+          T gi = g[i];
+          if constexpr (ACT != kActNone) {
+            gi *= activate_slope<ACT>((p[i] - m) * sc + sh);
+            if (o) o[i] = gi;
+          }
+          a += static_cast<double>(gi);
+          bb += static_cast<double>(gi) * (static_cast<double>(p[i]) - md);
+        }
+      }
+      sdy[c] = a;
+      sdyx[c] = bb;
+      if (!dx) continue;
+      const double kd = static_cast<double>(is) * (w ? static_cast<double>(w[c]) : 1.0);
+      const double i2 = static_cast<double>(is) * is;
+      const T kc = static_cast<T>(kd);
+      const T pc = train ? static_cast<T>(-kd * i2 * bb / count) : T(0);
+      const T qc = train ? static_cast<T>(-kd * a / count) : T(0);
+      for (int64_t n = 0; n < N; ++n) {
+        const T* p = x + (n * C + c) * L;
+        // with an activation dx holds dz here, overwritten element by element
+        const T* g = ACT != kActNone ? dx + (n * C + c) * L : dy + (n * C + c) * L;
+        T* o = dx + (n * C + c) * L;
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i) o[i] = g[i] * kc + (p[i] - m) * pc + qc;
+      }
+    }
+  });
+}
+
+// Gradients of y = act((x - mean) * invstd * weight + bias). ``train``: mean/invstd are the
+// batch's own statistics (their dependence on x enters dx); else constants. Undefined outputs
+// are returned for grads not asked for. With an activation, its gradient is taken in the
+// first pass (the activation recomputed from x) and bias is needed.
+std::tuple<Tensor, Tensor, Tensor> backward_act(const Tensor& grad_out, const Tensor& input,
+                                                const Tensor& mean, const Tensor& invstd,
+                                                const c10::optional<Tensor>& weight,
+                                                const c10::optional<Tensor>& bias,
+                                                int64_t activation, bool train, bool need_dx,
+                                                bool need_dw, bool need_db) {
+  check_activation(activation);
+  auto [x, lay] = canonical(input);
+  Tensor dy = like_layout(grad_out, x, lay);
+  const int64_t C = lay.c;
+  const double count = static_cast<double>(lay.n) * lay.l;
+  Tensor dx, dw, db;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_backward", [&] {
+    std::vector<double> sdy, sdyx;
+    const scalar_t* m = mean.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const bool has_w = weight.has_value() && weight->defined();
+    const scalar_t* w = has_w ? weight->data_ptr<scalar_t>() : nullptr;
+    const scalar_t* is = invstd.data_ptr<scalar_t>();
+    if (!lay.rows) {
+      if (need_dx) dx = at::empty_like(x);
+      scalar_t* dxp = need_dx ? dx.data_ptr<scalar_t>() : nullptr;
+      const scalar_t* b =
+          bias.has_value() && bias->defined() ? bias->data_ptr<scalar_t>() : nullptr;
+      const scalar_t* g = dy.data_ptr<scalar_t>();
+      if (activation == kActRelu) {
+        planar_backward<kActRelu, scalar_t>(xp, g, dxp, lay, m, is, w, b, train, sdy, sdyx);
+      } else if (activation == kActSigmoid) {
+        planar_backward<kActSigmoid, scalar_t>(xp, g, dxp, lay, m, is, w, b, train, sdy, sdyx);
+      } else {
+        planar_backward<kActNone, scalar_t>(xp, g, dxp, lay, m, is, w, b, train, sdy, sdyx);
+      }
+    } else if (activation != kActNone) {
+      // The activation's gradient dz replaces dy from here on; dx then overwrites it.
+      auto [scale, shift] = scale_shift(invstd, weight, bias);
+      Tensor dz = at::empty_like(x);
+      const scalar_t *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>();
+      if (activation == kActRelu) {
+        rows_grad_sums<kActRelu, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx,
+                                           dz.data_ptr<scalar_t>(), sc, sh);
+      } else {
+        rows_grad_sums<kActSigmoid, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy,
+                                              sdyx, dz.data_ptr<scalar_t>(), sc, sh);
+      }
+      dy = dz;
+    } else {
+      rows_grad_sums<kActNone, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx);
+    }
+    if (need_dw && has_w) {
+      dw = at::empty({C}, weight->options());
+      scalar_t* o = dw.data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) o[c] = static_cast<scalar_t>(sdyx[c] * is[c]);
+    }
+    if (need_db) {
+      db = at::empty({C}, x.options());
+      scalar_t* o = db.data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) o[c] = static_cast<scalar_t>(sdy[c]);
+    }
+    if (need_dx && lay.rows) {
+      Tensor coef = at::empty({3, C}, x.options());
+      scalar_t* k = coef.data_ptr<scalar_t>();
+      scalar_t* p = k + C;
+      scalar_t* q = p + C;
+      for (int64_t c = 0; c < C; ++c) {
+        const double kc = static_cast<double>(is[c]) * (has_w ? static_cast<double>(w[c]) : 1.0);
+        k[c] = static_cast<scalar_t>(kc);
+        if (train) {
+          const double i2 = static_cast<double>(is[c]) * is[c];
+          p[c] = static_cast<scalar_t>(-kc * i2 * sdyx[c] / count);
+          q[c] = static_cast<scalar_t>(-kc * sdy[c] / count);
+        } else {
+          p[c] = 0;
+          q[c] = 0;
+        }
+      }
+      dx = activation != kActNone ? dy : at::empty_like(x);  // dy is then our own dz
+      rows_grad_input<scalar_t>(x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
+                           dx.data_ptr<scalar_t>(), lay, m, k, p, q);
+    }
+  });
+  return {dx, dw, db};
+}
+
+std::tuple<Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_out, const Tensor& input,
+                                                   const Tensor& mean, const Tensor& invstd,
+                                                   const c10::optional<Tensor>& weight,
+                                                   bool train, bool need_dx, bool need_dw,
+                                                   bool need_db) {
+  return backward_act(grad_out, input, mean, invstd, weight, c10::nullopt, kActNone, train,
+                      need_dx, need_dw, need_db);
+}

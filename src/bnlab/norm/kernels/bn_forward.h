@@ -1,0 +1,213 @@
+// bnlab kernels: forward passes (statistics, running statistics, affine + activation).
+// Part of cpu_kernels.cpp's single translation unit (included there, inside its anonymous
+// namespace); split out only to keep each file readable.
+#pragma once
+
+template <typename T>
+void rows_shifted_sums(const T* x, const Layout& lay, std::vector<double>& s1,
+                       std::vector<double>& s2, std::vector<double>& shift) {
+  const int64_t M = lay.n, C = lay.c;
+  shift.assign(C, 0.0);
+  for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<double>(x[c]);
+  const double* k = shift.data();
+  std::vector<double> both;
+  rows_reduce(M, C, 2, both, [&](int64_t r, double* acc) {
+    const T* p = x + r * C;
+    double* a = acc;
+    double* b = acc + C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = static_cast<double>(p[c]) - k[c];
+      a[c] += d;
+      b[c] += d * d;
+    }
+  });
+  s1.assign(both.begin(), both.begin() + C);
+  s2.assign(both.begin() + C, both.end());
+}
+
+// y = act((x - mean[c]) * scale[c] + shift[c])
+template <int ACT, typename T>
+void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* scale,
+                  const T* shift) {
+  const int64_t N = lay.n, C = lay.c, L = lay.l;
+  if (lay.rows) {
+    at::parallel_for(0, N, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)),
+                     [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* p = x + r * C;
+        T* q = y + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          q[c] = activate<ACT>((p[c] - mean[c]) * scale[c] + shift[c]);
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, L)),
+                   [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t c = j % C;
+      const T m = mean[c], s = scale[c], b = shift[c];
+      const T* p = x + j * L;
+      T* q = y + j * L;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) q[i] = activate<ACT>((p[i] - m) * s + b);
+    }
+  });
+}
+
+// (invstd * weight, bias) per channel: the affine transform's scale and shift.
+std::pair<Tensor, Tensor> scale_shift(const Tensor& invstd, const c10::optional<Tensor>& weight,
+                                      const c10::optional<Tensor>& bias) {
+  Tensor scale = weight.has_value() && weight->defined() ? invstd * *weight : invstd;
+  Tensor shift = bias.has_value() && bias->defined() ? bias->contiguous()
+                                                       : at::zeros_like(invstd);
+  return {scale.contiguous(), shift};
+}
+
+template <typename T>
+Tensor apply_stats(const Tensor& x, const Layout& lay, const Tensor& mean, const Tensor& invstd,
+                   const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+                   int64_t act) {
+  auto [scale, shift] = scale_shift(invstd, weight, bias);
+  Tensor y = at::empty_like(x);
+  const T* xp = x.data_ptr<T>();
+  const T *m = mean.data_ptr<T>(), *sc = scale.data_ptr<T>(), *sh = shift.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  if (act == kActRelu) {
+    affine_apply<kActRelu, T>(xp, yp, lay, m, sc, sh);
+  } else if (act == kActSigmoid) {
+    affine_apply<kActSigmoid, T>(xp, yp, lay, m, sc, sh);
+  } else {
+    affine_apply<kActNone, T>(xp, yp, lay, m, sc, sh);
+  }
+  return y;
+}
+
+// Planar layout, training: each channel's statistics, running-statistic update and output
+// in turn, so the second pass over a channel (N * L values) reads it from this core's L2
+// cache instead of from memory shared with everything else.
+template <int ACT, typename T>
+void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const T* b,
+                          T* mean, T* invstd, T* rm, T* rv, double momentum, double eps) {
+  const int64_t N = lay.n, C = lay.c, L = lay.l;
+  const double count = static_cast<double>(N) * L;
+  at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
+                   [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const double k = static_cast<double>(x[c * L]);
+      double a = 0.0, bb = 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* p = x + (n * C + c) * L;
+#pragma omp simd reduction(+ : a, bb)
+        for (int64_t i = 0; i < L; ++i) {
+          const double d = static_cast<double>(p[i]) - k;
+          a += d;
+          bb += d * d;
+        }
+      }
+      const double d = a / count;
+      const double var = std::max(0.0, (bb - a * d) / count);
+      const T m = static_cast<T>(k + d);
+      const T is = static_cast<T>(1.0 / std::sqrt(var + eps));
+      mean[c] = m;
+      invstd[c] = is;
+      if (rm) rm[c] = static_cast<T>((1.0 - momentum) * rm[c] + momentum * (k + d));
+      if (rv) {
+        rv[c] = static_cast<T>((1.0 - momentum) * rv[c] + momentum * var * count / (count - 1.0));
+      }
+      const T sc = w ? is * w[c] : is, sh = b ? b[c] : T(0);
+      for (int64_t n = 0; n < N; ++n) {
+        const T* p = x + (n * C + c) * L;
+        T* q = y + (n * C + c) * L;
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i) q[i] = activate<ACT>((p[i] - m) * sc + sh);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward_train(
+    const Tensor& input, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+    const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var,
+    double momentum, double eps, int64_t activation) {
+  check_activation(activation);
+  auto [x, lay] = canonical(input);
+  const int64_t C = lay.c;
+  const double count = static_cast<double>(lay.n) * lay.l;
+  Tensor mean = at::empty({C}, x.options());
+  Tensor invstd = at::empty({C}, x.options());
+  Tensor y;
+  if (!lay.rows) {
+    Tensor y = at::empty_like(x);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_train", [&] {
+      auto ptr = [](const c10::optional<Tensor>& t) {
+        return t.has_value() && t->defined() ? t->data_ptr<scalar_t>() : nullptr;
+      };
+      const scalar_t *w = ptr(weight), *b = ptr(bias);
+      scalar_t *rm = ptr(running_mean), *rv = ptr(running_var);
+      auto run = [&](auto act) {
+        planar_forward_train<decltype(act)::value, scalar_t>(
+            x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), lay, w, b,
+            mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(), rm, rv, momentum, eps);
+      };
+      if (activation == kActRelu) {
+        run(std::integral_constant<int, kActRelu>{});
+      } else if (activation == kActSigmoid) {
+        run(std::integral_constant<int, kActSigmoid>{});
+      } else {
+        run(std::integral_constant<int, kActNone>{});
+      }
+    });
+    return {y, mean, invstd};
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_train", [&] {
+    std::vector<double> s1, s2, k;
+    s1.resize(C);
+    s2.resize(C);
+    k.resize(C);
+    rows_shifted_sums<scalar_t>(x.data_ptr<scalar_t>(), lay, s1, s2, k);
+    scalar_t* m = mean.data_ptr<scalar_t>();
+    scalar_t* is = invstd.data_ptr<scalar_t>();
+    std::vector<double> var(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = s1[c] / count;
+      var[c] = std::max(0.0, (s2[c] - s1[c] * d) / count);
+      m[c] = static_cast<scalar_t>(k[c] + d);
+      is[c] = static_cast<scalar_t>(1.0 / std::sqrt(var[c] + eps));
+    }
+    if (running_mean.has_value() && running_mean->defined()) {
+      scalar_t* rm = running_mean->data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) {
+        rm[c] = static_cast<scalar_t>((1.0 - momentum) * rm[c] + momentum * (k[c] + s1[c] / count));
+      }
+    }
+    if (running_var.has_value() && running_var->defined()) {
+      scalar_t* rv = running_var->data_ptr<scalar_t>();
+      const double unbias = count / (count - 1.0);
+      for (int64_t c = 0; c < C; ++c) {
+        rv[c] = static_cast<scalar_t>((1.0 - momentum) * rv[c] + momentum * var[c] * unbias);
+      }
+    }
+    y = apply_stats<scalar_t>(x, lay, mean, invstd, weight, bias, activation);
+  });
+  return {y, mean, invstd};
+}
+
+std::tuple<Tensor, Tensor> forward_eval(const Tensor& input, const Tensor& running_mean,
+                                        const Tensor& running_var,
+                                        const c10::optional<Tensor>& weight,
+                                        const c10::optional<Tensor>& bias, double eps,
+                                        int64_t activation) {
+  check_activation(activation);
+  auto [x, lay] = canonical(input);
+  Tensor invstd = (running_var + eps).rsqrt();
+  Tensor mean = running_mean.contiguous();
+  Tensor y;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_eval", [&] {
+    y = apply_stats<scalar_t>(x, lay, mean, invstd, weight, bias, activation);
+  });
+  return {y, invstd};
+}

@@ -1,0 +1,57 @@
+// bnlab kernels: the two memory layouts and the per-thread row reduction.
+// Part of cpu_kernels.cpp's single translation unit (included there, inside its anonymous
+// namespace); split out only to keep each file readable.
+#pragma once
+
+struct Layout {
+  bool rows;  // (M, C) rows; else planar (N, C, L)
+  int64_t n, c, l;  // planar: N, C, L; rows: M, C, 1
+};
+
+bool is_channels_last(const Tensor& x) {
+  if (x.dim() == 4) return x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  if (x.dim() == 5) return x.is_contiguous(at::MemoryFormat::ChannelsLast3d);
+  return false;
+}
+
+// x in a layout the kernels read directly (a contiguous copy only for odd strides).
+std::pair<Tensor, Layout> canonical(const Tensor& x) {
+  const int64_t n = x.size(0), c = x.size(1);
+  const int64_t l = c == 0 || n == 0 ? 0 : x.numel() / (n * c);
+  if (x.dim() > 2 && !x.is_contiguous() && is_channels_last(x)) {
+    return {x, Layout{true, n * l, c, 1}};
+  }
+  Tensor xc = x.contiguous();
+  if (l == 1) return {xc, Layout{true, n, c, 1}};
+  return {xc, Layout{false, n, c, l}};
+}
+
+// t (shaped like x) in x's memory layout, so both are walked with the same offsets.
+Tensor like_layout(const Tensor& t, const Tensor& x, const Layout& lay) {
+  if (lay.rows && x.dim() > 2 && !x.is_contiguous()) {
+    return t.contiguous(x.dim() == 4 ? at::MemoryFormat::ChannelsLast
+                                     : at::MemoryFormat::ChannelsLast3d);
+  }
+  return t.contiguous();
+}
+
+// Rows layout: per-thread partial sums over row blocks, vectorized across channels.
+template <typename F>
+void rows_reduce(int64_t M, int64_t C, int nacc, std::vector<double>& out, F&& row_fn) {
+  const int threads = at::get_num_threads();
+  std::vector<double> partial(static_cast<size_t>(threads) * nacc * C, 0.0);
+  std::vector<char> used(threads, 0);
+  at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)),
+                   [&](int64_t r0, int64_t r1) {
+    const int t = at::get_thread_num();
+    used[t] = 1;
+    double* acc = partial.data() + static_cast<size_t>(t) * nacc * C;
+    for (int64_t r = r0; r < r1; ++r) row_fn(r, acc);
+  });
+  out.assign(static_cast<size_t>(nacc) * C, 0.0);
+  for (int t = 0; t < threads; ++t) {
+    if (!used[t]) continue;
+    const double* acc = partial.data() + static_cast<size_t>(t) * nacc * C;
+    for (int64_t j = 0; j < nacc * C; ++j) out[j] += acc[j];
+  }
+}
