@@ -130,6 +130,7 @@ def batch_norm(
     *,
     kernel: str | None = None,
     activation: str | None = None,
+    num_batches_tracked: Tensor | None = None,
 ) -> Tensor:
     """Batch normalization of ``input`` (N, C, *) — the contract of ``F.batch_norm``.
 
@@ -147,18 +148,22 @@ def batch_norm(
     in the same pass, with a backward that recomputes it from the input instead of saving
     the output (one activation-sized tensor kept for backward instead of two). Equal to
     ``torch.sigmoid(batch_norm(...))`` to float rounding (the kernels' own ``exp``).
+
+    ``num_batches_tracked``: a module's int64 batch counter, incremented in place in
+    training (once the arguments are checked; inside the fused op, saving a call).
     """
     _check_args(input, running_mean, running_var, weight, bias, training)
     check_activation(activation)
-    if activation is not None and input.numel() > 0 and use_fused(
-            kernel, input, (weight, bias, running_mean, running_var)):
+    if input.numel() > 0 and use_fused(kernel, input, (weight, bias, running_mean, running_var)):
         return fused_batch_norm(input, weight, bias, running_mean, running_var, training,
-                                momentum, eps, activation)
-    return apply_activation(_batch_norm(input, running_mean, running_var, weight, bias,
-                                        training, momentum, eps, kernel), activation)
+                                momentum, eps, activation, num_batches_tracked)
+    if training and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    return apply_activation(_reference_batch_norm(input, running_mean, running_var, weight,
+                                                  bias, training, momentum, eps), activation)
 
 
-def _batch_norm(
+def _reference_batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
     running_var: Tensor | None,
@@ -167,8 +172,8 @@ def _batch_norm(
     training: bool,
     momentum: float,
     eps: float,
-    kernel: str | None,
 ) -> Tensor:
+    """The tensor-op path (and every empty batch)."""
     if input.numel() == 0:
         # Like torch: an empty batch passes through (keeping the graph) and no statistic moves.
         out = input.clone()
@@ -177,9 +182,6 @@ def _batch_norm(
         if bias is not None:
             out = out + bias.reshape(-1)[:1].to(out.dtype).sum()
         return out
-    if use_fused(kernel, input, (weight, bias, running_mean, running_var)):
-        return fused_batch_norm(input, weight, bias, running_mean, running_var, training,
-                                momentum, eps)
     if training:
         mean, var = batch_stats(input)
         count = input.numel() // input.shape[1]

@@ -33,12 +33,15 @@ def fused_batch_norm(
     momentum: float,
     eps: float,
     activation: str | None = None,
+    num_batches_tracked: Tensor | None = None,
 ) -> Tensor:
     """``F.batch_norm``'s computation on the fused kernels (inputs already validated),
-    followed in the same pass by ``activation`` (None, "relu" or "sigmoid")."""
+    followed in the same pass by ``activation`` (None, "relu" or "sigmoid"); in training
+    ``num_batches_tracked`` (when given) is incremented in place."""
     return cpu_ops(required=True).batch_norm.default(x, weight, bias, running_mean,
                                                      running_var, training, momentum, eps,
-                                                     ACTIVATIONS[activation])
+                                                     ACTIVATIONS[activation],
+                                                     num_batches_tracked)
 
 
 def requested_kernel(kernel: str | None) -> str:

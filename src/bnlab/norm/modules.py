@@ -133,19 +133,21 @@ class BatchNormBase(nn.Module):
         running_mean, running_var = buffers["running_mean"], buffers["running_var"]
         training, momentum = self.training, self.momentum
         factor = 0.0 if momentum is None else momentum
-        if training and self.track_running_stats:
-            tracked = buffers["num_batches_tracked"]
-            if tracked is not None:
-                tracked.add_(1)
-                if momentum is None:
-                    factor = 1.0 / float(tracked)
+        # The batch counter is incremented by batch_norm (in the fused op), unless the
+        # cumulative average needs its new value first.
+        tracked = buffers["num_batches_tracked"] if training and self.track_running_stats else None
+        if tracked is not None and momentum is None:
+            tracked.add_(1)
+            factor = 1.0 / float(tracked)
+            tracked = None
         # Batch statistics in training, and in eval when there are no running statistics.
         use_batch_stats = training or (running_mean is None and running_var is None)
         # With tracking switched off after construction, training leaves the buffers alone.
         if training and not self.track_running_stats:
             running_mean = running_var = None
         return batch_norm(input, running_mean, running_var, params["weight"], params["bias"],
-                          use_batch_stats, factor, self.eps, activation=self.activation)
+                          use_batch_stats, factor, self.eps, activation=self.activation,
+                          num_batches_tracked=tracked)
 
 
 def _rank_error(expected: str, input: Tensor) -> ValueError:

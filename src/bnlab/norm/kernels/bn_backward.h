@@ -140,9 +140,9 @@ std::tuple<Tensor, Tensor, Tensor> backward_act(const Tensor& grad_out, const Te
       }
     } else if (activation != kActNone) {
       // The activation's gradient dz replaces dy from here on; dx then overwrites it.
-      auto [scale, shift] = scale_shift(invstd, weight, bias);
+      auto [scale, shift] = scale_shift<scalar_t>(invstd, weight, bias);
       Tensor dz = at::empty_like(x);
-      const scalar_t *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>();
+      const scalar_t *sc = scale.data(), *sh = shift.data();
       if (activation == kActRelu) {
         rows_grad_sums<kActRelu, scalar_t>(xp, dy.data_ptr<scalar_t>(), m, lay, sdy, sdyx,
                                            dz.data_ptr<scalar_t>(), sc, sh);
@@ -165,8 +165,8 @@ std::tuple<Tensor, Tensor, Tensor> backward_act(const Tensor& grad_out, const Te
       for (int64_t c = 0; c < C; ++c) o[c] = static_cast<scalar_t>(sdy[c]);
     }
     if (need_dx && lay.rows) {
-      Tensor coef = at::empty({3, C}, x.options());
-      scalar_t* k = coef.data_ptr<scalar_t>();
+      std::vector<scalar_t> coef(3 * C);
+      scalar_t* k = coef.data();
       scalar_t* p = k + C;
       scalar_t* q = p + C;
       for (int64_t c = 0; c < C; ++c) {

@@ -58,23 +58,35 @@ void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* s
   });
 }
 
-// (invstd * weight, bias) per channel: the affine transform's scale and shift.
-std::pair<Tensor, Tensor> scale_shift(const Tensor& invstd, const c10::optional<Tensor>& weight,
-                                      const c10::optional<Tensor>& bias) {
-  Tensor scale = weight.has_value() && weight->defined() ? invstd * *weight : invstd;
-  Tensor shift = bias.has_value() && bias->defined() ? bias->contiguous()
-                                                       : at::zeros_like(invstd);
-  return {scale.contiguous(), shift};
+// (invstd * weight, bias) per channel: the affine transform's scale and shift, computed
+// here rather than with ATen ops (two dispatches cost more than a small layer's kernel).
+template <typename T>
+std::pair<std::vector<T>, std::vector<T>> scale_shift(const Tensor& invstd,
+                                                      const c10::optional<Tensor>& weight,
+                                                      const c10::optional<Tensor>& bias) {
+  const int64_t C = invstd.numel();
+  const Tensor is_c = invstd.contiguous();
+  const Tensor w = weight.has_value() && weight->defined() ? weight->contiguous() : Tensor();
+  const Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : Tensor();
+  const T* is = is_c.data_ptr<T>();
+  const T* wp = w.defined() ? w.data_ptr<T>() : nullptr;
+  const T* bp = b.defined() ? b.data_ptr<T>() : nullptr;
+  std::vector<T> scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    scale[c] = wp ? is[c] * wp[c] : is[c];
+    shift[c] = bp ? bp[c] : T(0);
+  }
+  return {std::move(scale), std::move(shift)};
 }
 
 template <typename T>
 Tensor apply_stats(const Tensor& x, const Layout& lay, const Tensor& mean, const Tensor& invstd,
                    const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
                    int64_t act) {
-  auto [scale, shift] = scale_shift(invstd, weight, bias);
+  auto [scale, shift] = scale_shift<T>(invstd, weight, bias);
   Tensor y = at::empty_like(x);
   const T* xp = x.data_ptr<T>();
-  const T *m = mean.data_ptr<T>(), *sc = scale.data_ptr<T>(), *sh = shift.data_ptr<T>();
+  const T *m = mean.data_ptr<T>(), *sc = scale.data(), *sh = shift.data();
   T* yp = y.data_ptr<T>();
   if (act == kActRelu) {
     affine_apply<kActRelu, T>(xp, yp, lay, m, sc, sh);

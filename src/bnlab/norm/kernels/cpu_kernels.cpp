@@ -166,12 +166,25 @@ struct BatchNormBackward : public torch::autograd::Node {
   }
 };
 
+// num_batches_tracked += 1, in place (a module's counter; cheaper here than a Python call).
+void count_batch(const Tensor& counter) {
+  TORCH_CHECK(counter.scalar_type() == at::kLong && counter.numel() == 1 && counter.is_cpu(),
+              "bnlab: num_batches_tracked must be a one-element int64 CPU tensor");
+  Tensor c = counter.is_contiguous() ? counter : counter.contiguous();
+  TORCH_CHECK(c.is_same(counter), "bnlab: num_batches_tracked must be contiguous");
+  c.data_ptr<int64_t>()[0] += 1;
+  if (!counter.is_inference()) torch::autograd::impl::bump_version(counter);
+}
+
 // The op with autograd: runs the fused forward and, when a gradient is wanted, records a
-// BatchNormBackward node; the running statistics are updated in place (versions bumped).
+// BatchNormBackward node; the running statistics (and in training the batch counter, when
+// given) are updated in place (versions bumped).
 Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
                   const c10::optional<Tensor>& bias, const c10::optional<Tensor>& running_mean,
                   const c10::optional<Tensor>& running_var, bool training, double momentum,
-                  double eps, int64_t activation) {
+                  double eps, int64_t activation,
+                  const c10::optional<Tensor>& num_batches_tracked) {
+  if (training && defined(num_batches_tracked)) count_batch(*num_batches_tracked);
   Tensor y, mean, invstd;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -217,8 +230,8 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
 TORCH_LIBRARY(bnlab, m) {
   m.def(
       "batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-      "Tensor(b!)? running_var, bool training, float momentum, float eps, int activation=0) "
-      "-> Tensor");
+      "Tensor(b!)? running_var, bool training, float momentum, float eps, int activation=0, "
+      "Tensor(c!)? num_batches_tracked=None) -> Tensor");
   m.def(
       "forward_train(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
       "Tensor(b!)? running_var, float momentum, float eps, int activation=0) "
