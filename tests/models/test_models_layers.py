@@ -198,6 +198,14 @@ def test_other_convolutions_take_torchs(cops, conv):
         assert layer(x).grad_fn.name() == "ConvolutionBackward0"
 
 
+def test_conv_under_autocast_is_torchs(cops):
+    conv = Conv2d(1, 6, 5)
+    x = torch.rand(2, 1, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fast_conv_applies(conv, x)
+        assert conv(x).dtype == torch.bfloat16
+
+
 def test_conv_module_is_torchs(cops):
     torch.manual_seed(0)
     ours = Conv2d(1, 6, 5)

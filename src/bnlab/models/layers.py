@@ -34,6 +34,13 @@ def _plain_cpu_input(x: Tensor, dims: int) -> bool:
             and os.environ.get("BNLAB_KERNEL") != "reference")
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def fast_pool_applies(x: Tensor) -> bool:
     """Whether bnlab's 2x2 pooling kernel takes ``x`` (checked on every call: cheap)."""
     return (_plain_cpu_input(x, 4) and x.shape[2] >= 2 and x.shape[3] >= 2
@@ -41,9 +48,11 @@ def fast_pool_applies(x: Tensor) -> bool:
 
 
 def fast_conv_applies(conv: nn.Conv2d, x: Tensor) -> bool:
-    """Whether bnlab's convolution kernel takes ``conv(x)``."""
+    """Whether bnlab's convolution kernel takes ``conv(x)`` (not under CPU autocast, where
+    torch's convolution runs in the lower precision)."""
     w = conv.weight
     return (conv.in_channels == 1 and conv.groups == 1 and conv.stride == (1, 1)
+            and not _cpu_autocast()
             and conv.dilation == (1, 1) and conv.padding in ((0, 0), "valid")
             and _plain_cpu_input(x, 4) and w.dtype == x.dtype and w.is_contiguous()
             and (conv.bias is None or conv.bias.dtype == x.dtype)
