@@ -46,3 +46,21 @@ def test_cache_key_includes_the_headers(tmp_path, monkeypatch):
     first = build.library_path(src)
     (tmp_path / "part.h").write_text("// two\n")
     assert build.library_path(src) != first
+
+
+def test_raw_ops_reject_mismatched_arguments():
+    ops = kernels.cpu_ops()
+    if ops is None:
+        pytest.skip(f"fused kernels unavailable here: {kernels.kernel_status()}")
+    x, w = torch.randn(4, 3), torch.ones(3)
+    with pytest.raises(RuntimeError, match="weight has 2 elements, the input has 3 channels"):
+        ops.forward_train(x, torch.ones(2), None, None, None, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match="running_var must be a contiguous Float tensor"):
+        ops.forward_train(x, w, None, torch.zeros(3), torch.ones(3).double(), 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match="non-empty input"):
+        ops.forward_train(torch.randn(0, 3), w, None, None, None, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match="more than 1 value per channel"):
+        ops.forward_train(torch.randn(1, 3), w, None, None, None, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match="grad_out has shape"):
+        ops.backward(torch.randn(4, 2), x, torch.zeros(3), torch.ones(3), w, True, True, True,
+                     True)

@@ -113,6 +113,13 @@ std::tuple<Tensor, Tensor, Tensor> backward_act(const Tensor& grad_out, const Te
                                                 int64_t activation, bool train, bool need_dx,
                                                 bool need_dw, bool need_db) {
   check_activation(activation);
+  check_input(input, false);
+  TORCH_CHECK(grad_out.sizes() == input.sizes(), "bnlab: grad_out has shape ",
+              grad_out.sizes(), ", the input ", input.sizes());
+  check_channel_tensor(input, mean, "mean");
+  check_channel_tensor(input, invstd, "invstd");
+  check_channel_tensor(input, weight, "weight");
+  check_channel_tensor(input, bias, "bias");
   auto [x, lay] = canonical(input);
   Tensor dy = like_layout(grad_out, x, lay);
   const int64_t C = lay.c;

@@ -146,6 +146,11 @@ std::tuple<Tensor, Tensor, Tensor> forward_train(
     const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var,
     double momentum, double eps, int64_t activation) {
   check_activation(activation);
+  check_input(input, true);
+  check_channel_tensor(input, weight, "weight");
+  check_channel_tensor(input, bias, "bias");
+  check_channel_tensor(input, running_mean, "running_mean");
+  check_channel_tensor(input, running_var, "running_var");
   auto [x, lay] = canonical(input);
   const int64_t C = lay.c;
   const double count = static_cast<double>(lay.n) * lay.l;
@@ -214,6 +219,11 @@ std::tuple<Tensor, Tensor> forward_eval(const Tensor& input, const Tensor& runni
                                         const c10::optional<Tensor>& bias, double eps,
                                         int64_t activation) {
   check_activation(activation);
+  check_input(input, false);
+  check_channel_tensor(input, weight, "weight");
+  check_channel_tensor(input, bias, "bias");
+  check_channel_tensor(input, running_mean, "running_mean");
+  check_channel_tensor(input, running_var, "running_var");
   auto [x, lay] = canonical(input);
   Tensor invstd = (running_var + eps).rsqrt();
   Tensor mean = running_mean.contiguous();

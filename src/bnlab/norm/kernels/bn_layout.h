@@ -55,3 +55,24 @@ void rows_reduce(int64_t M, int64_t C, int nacc, std::vector<double>& out, F&& r
     for (int64_t j = 0; j < nacc * C; ++j) out[j] += acc[j];
   }
 }
+
+// The raw ops are public (torch.ops.bnlab.*): per-channel tensors must match the input's
+// channels, dtype and device, and be contiguous, or the kernels would read out of bounds.
+void check_channel_tensor(const Tensor& x, const c10::optional<Tensor>& t, const char* name) {
+  if (!t.has_value() || !t->defined()) return;
+  TORCH_CHECK(t->numel() == x.size(1), "bnlab: ", name, " has ", t->numel(),
+              " elements, the input has ", x.size(1), " channels");
+  TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device() &&
+                  t->is_contiguous(),
+              "bnlab: ", name, " must be a contiguous ", x.scalar_type(), " tensor on ",
+              x.device());
+}
+
+void check_input(const Tensor& x, bool training) {
+  TORCH_CHECK(x.dim() >= 2 && x.numel() > 0, "bnlab: batch_norm needs a non-empty input of "
+              "at least 2 dimensions (N, C, *), got shape ", x.sizes());
+  TORCH_CHECK(!training || x.numel() / x.size(1) > 1,
+              "bnlab: expected more than 1 value per channel when training, got input size ",
+              x.sizes());
+}
+
