@@ -9,21 +9,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import torch
-
-from ...norm.kernels.build import build
+from ...norm.kernels.build import load_ops
 
 SOURCES = {name: Path(__file__).with_name(f"{name}_kernels.cpp") for name in ("pool", "conv")}
 
 
 @functools.cache
 def _load(name: str) -> tuple[object | None, str]:
-    try:
-        path = build(SOURCES[name])
-        torch.ops.load_library(str(path))
-    except Exception as err:  # any build or load failure means: use torch's own layer
-        return None, f"{type(err).__name__}: {err}"
-    return getattr(torch.ops, f"bnlab_{name}"), f"loaded {path}"
+    return load_ops(SOURCES[name], f"bnlab_{name}")  # a failure means: use torch's layer
 
 
 def pool_ops():

@@ -141,16 +141,24 @@ void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor> forward_train(
-    const Tensor& input, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
-    const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var,
-    double momentum, double eps, int64_t activation) {
+void check_forward_args(const Tensor& input, const c10::optional<Tensor>& weight,
+                        const c10::optional<Tensor>& bias,
+                        const c10::optional<Tensor>& running_mean,
+                        const c10::optional<Tensor>& running_var, int64_t activation,
+                        bool training) {
   check_activation(activation);
-  check_input(input, true);
+  check_input(input, training);
   check_channel_tensor(input, weight, "weight");
   check_channel_tensor(input, bias, "bias");
   check_channel_tensor(input, running_mean, "running_mean");
   check_channel_tensor(input, running_var, "running_var");
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward_train(
+    const Tensor& input, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+    const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var,
+    double momentum, double eps, int64_t activation) {
+  check_forward_args(input, weight, bias, running_mean, running_var, activation, true);
   auto [x, lay] = canonical(input);
   const int64_t C = lay.c;
   const double count = static_cast<double>(lay.n) * lay.l;
@@ -158,7 +166,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_train(
   Tensor invstd = at::empty({C}, x.options());
   Tensor y;
   if (!lay.rows) {
-    Tensor y = at::empty_like(x);
+    y = at::empty_like(x);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_train", [&] {
       auto ptr = [](const c10::optional<Tensor>& t) {
         return t.has_value() && t->defined() ? t->data_ptr<scalar_t>() : nullptr;
@@ -218,12 +226,7 @@ std::tuple<Tensor, Tensor> forward_eval(const Tensor& input, const Tensor& runni
                                         const c10::optional<Tensor>& weight,
                                         const c10::optional<Tensor>& bias, double eps,
                                         int64_t activation) {
-  check_activation(activation);
-  check_input(input, false);
-  check_channel_tensor(input, weight, "weight");
-  check_channel_tensor(input, bias, "bias");
-  check_channel_tensor(input, running_mean, "running_mean");
-  check_channel_tensor(input, running_var, "running_var");
+  check_forward_args(input, weight, bias, running_mean, running_var, activation, false);
   auto [x, lay] = canonical(input);
   Tensor invstd = (running_var + eps).rsqrt();
   Tensor mean = running_mean.contiguous();

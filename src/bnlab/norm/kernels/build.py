@@ -101,3 +101,15 @@ def build(source: Path = SOURCE, verbose: bool = False) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def load_ops(source: Path, namespace: str) -> tuple[object | None, str]:
+    """Build ``source`` if needed and load it: ``(torch.ops.<namespace>, "loaded <path>")``,
+    or ``(None, reason)`` on any build or load failure (callers then use another path)."""
+    try:
+        path = build(source)
+        torch.ops.load_library(str(path))
+    except Exception as err:
+        return None, f"{type(err).__name__}: {err}"
+    return getattr(torch.ops, namespace), f"loaded {path}"
+

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
-from .build import build
+from .build import SOURCE, load_ops
 
 
 class KernelUnavailable(RuntimeError):
@@ -15,12 +13,7 @@ class KernelUnavailable(RuntimeError):
 
 @functools.lru_cache(maxsize=1)
 def _load() -> tuple[object | None, str]:
-    try:
-        path = build()
-        torch.ops.load_library(str(path))
-    except Exception as err:  # any build or load failure means: use the reference path
-        return None, f"{type(err).__name__}: {err}"
-    return torch.ops.bnlab, f"loaded {path}"
+    return load_ops(SOURCE, "bnlab")  # a failure means: use the reference path
 
 
 def cpu_ops(required: bool = False):
