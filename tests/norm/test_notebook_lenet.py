@@ -2,10 +2,17 @@
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
 import bnlab
+
+
+@pytest.fixture(autouse=True)
+def not_interpreted(kernel):
+    if kernel == "triton":
+        pytest.skip("Triton's interpreter takes ~40 s here; the parity tests cover its kernels")
 
 
 def lenet(bn2d, bn1d):

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from .autograd import BatchNormFunction, compute_dtype, reduce_dims
-from .fused import ACTIVATIONS, fused_batch_norm, use_fused
+from .fused import ACTIVATIONS, fused_batch_norm, select_kernel
+from .gpu import triton_batch_norm
 
 __all__ = ["batch_norm", "batch_stats", "normalize", "update_running_stats", "compute_dtype",
            "check_activation", "apply_activation"]
@@ -141,8 +142,9 @@ def batch_norm(
     Half/bfloat16 input is computed in float32 and returned in its own dtype.
 
     ``kernel``: ``"reference"`` (the tensor-op pieces of this module), ``"fused"`` (bnlab's
-    C++ CPU kernels) or ``"auto"`` (fused where it applies: float32/64 on the CPU); default
-    ``$BNLAB_KERNEL`` or ``"auto"``.
+    C++ CPU kernels), ``"triton"`` (bnlab's Triton GPU kernels) or ``"auto"`` (fused where
+    it applies: float32/64 on the CPU; Triton for contiguous float32/16/bfloat16 CUDA input
+    where Triton is installed); default ``$BNLAB_KERNEL`` or ``"auto"``.
 
     ``activation``: ``"relu"`` or ``"sigmoid"`` applied to the result — on the fused kernels
     in the same pass, with a backward that recomputes it from the input instead of saving
@@ -154,9 +156,15 @@ def batch_norm(
     """
     _check_args(input, running_mean, running_var, weight, bias, training)
     check_activation(activation)
-    if input.numel() > 0 and use_fused(kernel, input, (weight, bias, running_mean, running_var)):
+    path = "reference"
+    if input.numel() > 0:
+        path = select_kernel(kernel, input, (weight, bias, running_mean, running_var))
+    if path == "fused":
         return fused_batch_norm(input, weight, bias, running_mean, running_var, training,
                                 momentum, eps, activation, num_batches_tracked)
+    if path == "triton" and (running_mean is None) == (running_var is None):
+        return triton_batch_norm(input, weight, bias, running_mean, running_var, training,
+                                 momentum, eps, activation, num_batches_tracked)
     if training and num_batches_tracked is not None:
         num_batches_tracked.add_(1)
     return apply_activation(_reference_batch_norm(input, running_mean, running_var, weight,

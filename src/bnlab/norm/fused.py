@@ -14,9 +14,10 @@ import os
 import torch
 from torch import Tensor
 
-from .kernels import cpu_ops
+from . import gpu
+from .kernels import KernelUnavailable, cpu_ops
 
-KERNELS = ("auto", "fused", "reference")
+KERNELS = ("auto", "fused", "triton", "reference")
 # The fused kernels' codes for the activations they can apply after the affine transform.
 ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2}
 _FUSED_DTYPES = (torch.float32, torch.float64)
@@ -64,13 +65,21 @@ def fused_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
     return True
 
 
-def use_fused(kernel: str | None, x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
-    """Whether the fused kernels run for these inputs. ``"reference"``: never. ``"fused"``:
-    wherever they apply, raising :class:`KernelUnavailable` if they cannot be built.
-    ``"auto"``: wherever they apply and load (else silently the reference path)."""
+def select_kernel(kernel: str | None, x: Tensor, params: tuple[Tensor | None, ...]) -> str:
+    """Which kernels run for these inputs: ``"fused"`` (C++, CPU), ``"triton"`` (GPU) or
+    ``"reference"`` (tensor ops). A requested ``"fused"``/``"triton"`` runs wherever it
+    applies and raises :class:`KernelUnavailable` when it cannot be had; ``"auto"`` takes
+    the fused kernels on the CPU and Triton on CUDA where they apply and load, else the
+    reference path; ``"reference"``: always the reference."""
     choice = requested_kernel(kernel)
-    if choice == "reference" or not fused_eligible(x, params):
-        return False
-    if torch.compiler.is_compiling():
-        return False  # under torch.compile the tensor-op path is traced and fused instead
-    return cpu_ops(required=choice == "fused") is not None
+    if choice == "reference" or torch.compiler.is_compiling():
+        return "reference"  # under torch.compile the tensor-op path is traced and fused
+    if choice != "triton" and fused_eligible(x, params):
+        return "fused" if cpu_ops(required=choice == "fused") is not None else "reference"
+    if choice == "triton":
+        if gpu.triton_status() == gpu.MISSING:
+            raise KernelUnavailable(f"bnlab's Triton kernels are unavailable: {gpu.MISSING}")
+        return "triton" if gpu.triton_eligible(x, params) else "reference"
+    if choice == "auto" and x.is_cuda and gpu.triton_eligible(x, params):
+        return "triton"
+    return "reference"

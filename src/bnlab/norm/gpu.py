@@ -1,0 +1,277 @@
+"""Batch norm on bnlab's Triton kernels (``kernels/triton_kernels.py``), for CUDA tensors.
+
+One launch forward and one backward when a channel is small enough for one program; two
+each (partial sums over parts of every channel, then the normalization that combines them)
+when it is not. Statistics, the running-stat update, the batch counter, the affine
+transform and the activation all happen inside those launches. Same contract and saved
+tensors as the reference :class:`~bnlab.norm.autograd.BatchNormFunction`; double backward
+uses the reference's differentiable closed form.
+
+Triton is imported on first use, so bnlab runs without it; under ``TRITON_INTERPRET=1``
+the same kernels run on CPU tensors (slowly: the tests use this to check them anywhere).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .autograd import apply_statistics, closed_form_grads, reduce_dims
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_ACT_CODES = {None: 0, "relu": 1, "sigmoid": 2}
+# A channel of at most this many elements is one program's work (one launch, no partials).
+LOCAL_LIMIT = 1 << 16
+# Parts per channel aim for at least this many programs in all (a few per SM on big GPUs) ...
+TARGET_PROGRAMS = 512
+# ... each with at least this many elements.
+MIN_PART = 1 << 13
+
+
+MISSING = "Triton is not installed"
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """The kernels module, or None where Triton is not installed."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from .kernels import triton_kernels
+    return triton_kernels
+
+
+def triton_status() -> str:
+    """One line: whether the Triton kernels can run here."""
+    if _kernels() is None:
+        return MISSING
+    if interpreting():
+        return "Triton's interpreter (TRITON_INTERPRET=1): CPU tensors too"
+    return "Triton kernels for CUDA tensors"
+
+
+def triton_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
+    """The Triton kernels take contiguous float32/float16/bfloat16 input on a CUDA device
+    (any device under the interpreter), with contiguous (C,) tensors on the same device."""
+    if x.dtype not in _DTYPES or not x.is_contiguous() or type(x) not in (Tensor,
+                                                                          torch.nn.Parameter):
+        return False
+    if not (x.is_cuda or interpreting()):
+        return False
+    device = x.device
+    for p in params:
+        if p is not None and (p.device != device or not p.is_contiguous()
+                              or not p.is_floating_point()):
+            return False
+    return _kernels() is not None
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _planar_blocks(n: int, s: int, budget: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_S) of ~``budget`` elements for runs of length ``s``: columns a power
+    of two dividing ``s`` where one is large enough, so no lane is masked off."""
+    block_s = s & -s  # the largest power of two dividing s
+    if block_s < 32:
+        block_s = _next_pow2(s)
+    block_s = min(block_s, budget)
+    return max(1, min(budget // block_s, _next_pow2(n))), block_s
+
+
+def _parts(n: int, c: int, s: int) -> int:
+    """How many programs share each channel's rows."""
+    per_channel = n * s
+    if per_channel <= LOCAL_LIMIT:
+        return 1
+    wanted = max(1, -(-TARGET_PROGRAMS // c))
+    return max(1, min(n, wanted, per_channel // MIN_PART))
+
+
+def _warps(block: int) -> int:
+    return 8 if block >= 2048 else 4
+
+
+class Plan(NamedTuple):
+    """How the kernels cover an (N, C, S) input: ``parts`` programs per channel (planar)
+    or per block of ``block_x`` channels (rows), each a loop over (block_n, block_x) tiles."""
+
+    rows: bool
+    grid: tuple[int, int]
+    parts: int
+    rows_per_part: int
+    block_n: int
+    block_x: int
+    block_p: int
+    warps: int
+
+
+@functools.lru_cache(maxsize=512)
+def plan(n: int, c: int, s: int, split: bool, budget: int) -> Plan:
+    """The launch plan for (N, C, S) input (cached: it runs on every call). ``split``: parts
+    are chosen for a reduction over each channel (else only to spread the work)."""
+    if s == 1:
+        block_c = min(_next_pow2(c), 32)
+        block_n = max(1, min(_next_pow2(n), 2048 // block_c))
+        return Plan(True, (-(-c // block_c), 1), 1, n, block_n, block_c, 1,
+                    _warps(block_n * block_c))
+    parts = _parts(n, c, s) if split else max(1, min(n, -(-n * s // MIN_PART)))
+    rows_per_part = -(-n // parts)
+    parts = -(-n // rows_per_part)
+    block_n, block_s = _planar_blocks(rows_per_part, s, budget)
+    return Plan(False, (c, parts), parts, rows_per_part, block_n, block_s, _next_pow2(parts),
+                _warps(block_n * block_s))
+
+
+def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+            running_mean: Tensor | None, running_var: Tensor | None, batch_statistics: bool,
+            momentum: float, eps: float, activation: str | None,
+            counter: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(y, stats)`` of ``x`` (N, C, *), ``stats`` float32 (2, C) holding the mean and
+    ``invstd``: batch statistics (moving the running ones when given, counting the batch in
+    ``counter``) or the running ones."""
+    k = _kernels()
+    n, c = x.shape[0], x.shape[1]
+    s = x.numel() // (n * c)
+    y = torch.empty_like(x)
+    stats = torch.empty(2, c, device=x.device, dtype=torch.float32)
+    p = plan(n, c, s, batch_statistics, 2048)
+    stats_mode = k.LOCAL if batch_statistics else k.RUNNING
+    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None,
+                 UPDATE=batch_statistics and running_mean is not None,
+                 COUNT=counter is not None, ACT=_ACT_CODES[activation])
+    # Absent tensors are passed as any pointer; the flags keep the kernels off them.
+    w = x if weight is None else weight
+    b = x if bias is None else bias
+    rm = x if running_mean is None else running_mean
+    rv = x if running_var is None else running_var
+    cnt = stats if counter is None else counter
+    if p.rows:
+        k.rows_forward_kernel[p.grid](
+            x, y, w, b, rm, rv, stats, cnt, n, c, momentum, eps, STATS=stats_mode,
+            BLOCK_N=p.block_n, BLOCK_C=p.block_x, num_warps=p.warps, **flags)
+        return y, stats
+    part = stats
+    if batch_statistics and p.parts > 1:
+        stats_mode = k.PARTIALS
+        part = torch.empty(2 * c * p.parts, device=x.device, dtype=torch.float32)
+        k.planar_sums_kernel[p.grid](x, part, n, c, s, p.rows_per_part, BLOCK_N=p.block_n,
+                                     BLOCK_S=p.block_x, num_warps=p.warps)
+    k.planar_forward_kernel[p.grid](
+        x, y, w, b, rm, rv, stats, part, cnt, n, c, s, p.rows_per_part, momentum, eps,
+        STATS=stats_mode, BLOCK_N=p.block_n, BLOCK_S=p.block_x, BLOCK_P=p.block_p,
+        num_warps=p.warps, **flags)
+    return y, stats
+
+
+def backward(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+             stats: Tensor, batch_statistics: bool, activation: str | None,
+             needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None,
+                                                      Tensor | None]:
+    """``(dx, dweight, dbias)`` (None where not needed) for the output gradient ``dy``."""
+    k = _kernels()
+    dy = dy.contiguous()
+    n, c = x.shape[0], x.shape[1]
+    s = x.numel() // (n * c)
+    need_x, need_w, need_b = needs
+    dx = torch.empty_like(x) if need_x else None
+    dw = torch.empty_like(weight) if weight is not None else None
+    db = torch.empty_like(bias) if bias is not None else None
+    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, ACT=_ACT_CODES[activation])
+    w = x if weight is None else weight
+    b = x if bias is None else bias
+    dx_arg = x if dx is None else dx
+    dw_arg = stats if dw is None else dw
+    db_arg = stats if db is None else db
+    p = plan(n, c, s, True, 1024)
+    if p.rows:
+        k.rows_backward_kernel[p.grid](
+            dy, x, dx_arg, w, b, stats, dw_arg, db_arg, n, c, BATCH_STATS=batch_statistics,
+            NEED_DX=need_x, BLOCK_N=p.block_n, BLOCK_C=p.block_x, num_warps=p.warps, **flags)
+    else:
+        part = stats
+        if p.parts > 1:
+            part = torch.empty(2 * c * p.parts, device=x.device, dtype=torch.float32)
+            k.planar_grad_sums_kernel[p.grid](
+                dy, x, w, b, stats, part, n, c, s, p.rows_per_part, BLOCK_N=p.block_n,
+                BLOCK_S=p.block_x, num_warps=p.warps, **flags)
+        k.planar_backward_kernel[p.grid](
+            dy, x, dx_arg, w, b, stats, part, dw_arg, db_arg, n, c, s, p.rows_per_part,
+            LOCAL_SUMS=p.parts == 1, BATCH_STATS=batch_statistics, NEED_DX=need_x,
+            BLOCK_N=p.block_n, BLOCK_S=p.block_x, BLOCK_P=p.block_p, num_warps=p.warps,
+            **flags)
+    return dx, (dw if need_w else None), (db if need_b else None)
+
+
+class TritonBatchNormFunction(torch.autograd.Function):
+    """``activation((x - mean) * invstd * weight + bias)`` on the Triton kernels."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, batch_statistics, momentum,
+                eps, activation, counter):
+        y, stats = forward(x, weight, bias, running_mean, running_var, batch_statistics,
+                           momentum, eps, activation, counter)
+        ctx.save_for_backward(x, weight, bias, stats)
+        ctx.batch_statistics = batch_statistics
+        ctx.activation = activation
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, stats = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+        if torch.is_grad_enabled():  # double backward: the differentiable closed form
+            grads = _differentiable_backward(ctx, dy, x, weight, bias, stats[0], stats[1],
+                                             needs)
+        else:
+            grads = backward(dy, x, weight, bias, stats, ctx.batch_statistics,
+                             ctx.activation, needs)
+        return (*grads, None, None, None, None, None, None, None)
+
+
+def _differentiable_backward(ctx, dy, x, weight, bias, mean, invstd, needs):
+    """The closed form with differentiable tensor ops; the activation's slope recomputed
+    from statistics that, in training, are themselves recomputed from ``x``."""
+    if ctx.activation is not None:
+        xc = x.to(invstd.dtype)
+        m, inv = mean, invstd
+        if ctx.batch_statistics:
+            var, m = torch.var_mean(xc, dim=reduce_dims(x), correction=0)
+            inv = torch.rsqrt(var + ctx.eps)
+        pre = apply_statistics(xc, m, inv, weight, bias)
+        if ctx.activation == "relu":
+            slope = (pre > 0).to(pre.dtype)
+        else:
+            sig = torch.sigmoid(pre)
+            slope = sig * (1 - sig)
+        dy = (dy.to(pre.dtype) * slope).to(dy.dtype)
+    return closed_form_grads(dy, x, mean, invstd, weight, ctx.eps, ctx.batch_statistics,
+                             needs, None if bias is None else bias.dtype)
+
+
+def triton_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                      running_mean: Tensor | None, running_var: Tensor | None,
+                      training: bool, momentum: float, eps: float,
+                      activation: str | None = None,
+                      num_batches_tracked: Tensor | None = None) -> Tensor:
+    """``F.batch_norm``'s computation (inputs already validated) followed by
+    ``activation``, on the Triton kernels; in training ``num_batches_tracked`` (when given)
+    is incremented in place."""
+    counter = num_batches_tracked if training else None
+    device = x.device
+    if x.is_cuda and device.index is not None and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            return TritonBatchNormFunction.apply(x, weight, bias, running_mean, running_var,
+                                                 training, momentum, eps, activation, counter)
+    return TritonBatchNormFunction.apply(x, weight, bias, running_mean, running_var, training,
+                                         momentum, eps, activation, counter)

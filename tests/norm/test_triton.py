@@ -1,0 +1,181 @@
+"""The Triton path's own cases: the two-launch (partial sums) layout, the choice of kernel,
+double backward, and — where there is a GPU — parity with torch's CUDA batch norm.
+
+Without a GPU the kernels run in Triton's interpreter (set up by conftest.py); the shapes
+stay small because it is slow.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import bnlab
+from bnlab.norm import functional as BF
+from bnlab.norm import gpu
+from bnlab.norm.kernels import KernelUnavailable
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def only_once(kernel):
+    if kernel != "triton":
+        pytest.skip("the Triton path's own tests run once, under the triton parametrisation")
+
+
+@pytest.fixture
+def split_channels(monkeypatch):
+    """Small limits, so small channels take the two-launch partial-sums path."""
+    monkeypatch.setattr(gpu, "LOCAL_LIMIT", 16)
+    monkeypatch.setattr(gpu, "MIN_PART", 16)
+    gpu.plan.cache_clear()
+    yield
+    gpu.plan.cache_clear()
+
+
+def pair(shape, activation=None, momentum=0.1, device="cpu"):
+    channels = shape[1]
+    torch_cls = nn.BatchNorm1d if len(shape) < 4 else nn.BatchNorm2d
+    ours = (bnlab.BatchNorm1d if len(shape) < 4 else bnlab.BatchNorm2d)(
+        channels, momentum=momentum, activation=activation, device=device)
+    theirs = torch_cls(channels, momentum=momentum, device=device)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        theirs.weight.copy_(torch.rand(channels, generator=gen) + 0.5)
+        theirs.bias.copy_(torch.randn(channels, generator=gen))
+    ours.load_state_dict(theirs.state_dict())
+    act = {None: nn.Identity(), "relu": nn.ReLU(), "sigmoid": nn.Sigmoid()}[activation]
+    return ours, nn.Sequential(theirs, act)
+
+
+def assert_steps_match(shape, activation=None, dtype=torch.float32, device="cpu", steps=2,
+                       tol=None, momentum=0.1):
+    """Training steps then an eval step: outputs, gradients, buffers all match torch's."""
+    ours, theirs = pair(shape, activation, momentum, device)
+    tol = tol or {"rtol": 1e-5, "atol": 1e-5}
+    gen = torch.Generator().manual_seed(0)
+    for step in range(steps + 1):
+        training = step < steps
+        ours.train(training)
+        theirs.train(training)
+        x = (torch.randn(shape, generator=gen) * 2 + 1).to(device, dtype)
+        dy = torch.randn(shape, generator=gen).to(device, dtype)
+        xa = x.clone().requires_grad_()
+        xb = x.clone().requires_grad_()
+        pre = theirs[0](xb.float())
+        ya, yb = ours(xa), theirs[1](pre).to(dtype)
+        torch.testing.assert_close(ya, yb, **tol)
+        ya.backward(dy)
+        yb.backward(dy)
+        # Where relu's input is ~0 the two sides' rounding may fall on either side of the
+        # kink (seen once in 51M elements): those gradients are compared nowhere.
+        away = pre.abs() > 1e-4 if activation == "relu" else torch.ones_like(pre, dtype=bool)
+        torch.testing.assert_close(xa.grad[away], xb.grad[away], **tol)
+    # Sums over up to 800k float32 terms (the largest shape): torch's own differ by ~2e-4.
+    torch.testing.assert_close(ours.weight.grad, theirs[0].weight.grad, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, theirs[0].bias.grad, rtol=1e-3, atol=1e-4)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(theirs[0], name))
+    assert "TritonBatchNormFunction" in ya.grad_fn.name()
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 7, 7), (9, 3, 5), (33, 2, 4, 4)])
+@pytest.mark.parametrize("activation", [None, "sigmoid"])
+def test_partial_sums_path_matches_torch(split_channels, shape, activation):
+    n, _, *spatial = shape
+    assert gpu._parts(n, shape[1], torch.Size(spatial).numel()) > 1  # really split
+    assert_steps_match(shape, activation)
+
+
+def test_cumulative_momentum_matches_torch():
+    assert_steps_match((8, 3, 4, 4), momentum=None, steps=3)
+
+
+def test_half_and_bfloat16_match_torch_to_their_rounding():
+    for dtype in (torch.float16, torch.bfloat16):
+        tol = {"rtol": 2e-2, "atol": 2e-2}
+        ours, theirs = pair((16, 3, 5))
+        x = torch.randn(16, 3, 5).to(dtype)
+        y = ours(x)
+        assert y.dtype == dtype and "TritonBatchNormFunction" in y.grad_fn.name()
+        torch.testing.assert_close(y.float(), theirs(x.float()), **tol)
+
+
+def test_blocks_are_powers_of_two_and_divide_the_runs():
+    for n, s in [(64, 576), (256, 3136), (64, 64), (5, 49), (3, 7), (2, 100_000)]:
+        block_n, block_s = gpu._planar_blocks(n, s, 2048)
+        assert block_n & (block_n - 1) == 0 and block_s & (block_s - 1) == 0
+        assert block_n * block_s <= 2048
+        if s % 32 == 0:
+            assert s % block_s == 0  # no masked-off lanes
+        else:
+            assert block_s >= min(s, 2048)  # a run in one tile
+    for n, c, s in [(256, 64, 3136), (64, 6, 576), (1, 3, 10**6), (1000, 1, 100)]:
+        parts = gpu._parts(n, c, s)
+        assert 1 <= parts <= n
+        assert parts == 1 or n * s // parts >= gpu.MIN_PART
+
+
+def test_double_backward_matches_the_reference_path():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 3, 4, generator=gen)
+    w = torch.rand(3, generator=gen) + 0.5
+    b = torch.randn(3, generator=gen)
+    results = []
+    for kernel in ("triton", "reference"):
+        for activation in (None, "sigmoid"):
+            xa, wa, ba = (t.clone().requires_grad_() for t in (x, w, b))
+            y = BF.batch_norm(xa, None, None, wa, ba, training=True, kernel=kernel,
+                              activation=activation)
+            gx, gw = torch.autograd.grad((y * y).sum(), (xa, wa), create_graph=True)
+            results.append(torch.autograd.grad(gx.pow(2).sum() + gw.sum(), (xa, wa, ba)))
+    for ours, ref in zip(results[:2], results[2:]):
+        for a, r in zip(ours, ref):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+
+
+def test_input_without_grad_gets_parameter_gradients_only():
+    ours, theirs = pair((8, 3, 6))
+    x = torch.randn(8, 3, 6)
+    ours(x).sum().backward()
+    theirs(x).sum().backward()
+    torch.testing.assert_close(ours.weight.grad, theirs[0].weight.grad)
+    torch.testing.assert_close(ours.bias.grad, theirs[0].bias.grad)
+
+
+def test_missing_triton_is_an_error_only_when_asked_for(monkeypatch):
+    monkeypatch.setattr(gpu, "_kernels", lambda: None)
+    x = torch.randn(4, 3)
+    with pytest.raises(KernelUnavailable, match="Triton is not installed"):
+        BF.batch_norm(x, None, None, training=True, kernel="triton")
+    y = BF.batch_norm(x.requires_grad_(), None, None, training=True, kernel="auto")
+    assert "TritonBatchNormFunction" not in y.grad_fn.name()
+
+
+def test_auto_runs_triton_only_on_gpus():
+    x = torch.randn(4, 3, requires_grad=True).half()  # not the fused kernels' dtype either
+    y = BF.batch_norm(x, None, None, training=True, kernel="auto")
+    assert "TritonBatchNormFunction" not in y.grad_fn.name()
+
+
+cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+GPU_SHAPES = [(64, 6, 24, 24), (64, 16, 8, 8), (64, 120), (64, 84), (256, 64, 56, 56),
+              (3, 5, 1000), (2, 7)]
+
+
+@cuda_only
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+def test_cuda_matches_torch(shape, activation, monkeypatch):
+    monkeypatch.setenv("BNLAB_KERNEL", "auto")
+    assert_steps_match(shape, activation, device="cuda", tol={"rtol": 1e-4, "atol": 1e-4})
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_matches_torch(dtype, monkeypatch):
+    monkeypatch.setenv("BNLAB_KERNEL", "auto")
+    ours, theirs = pair((32, 8, 10, 10), device="cuda")
+    x = torch.randn(32, 8, 10, 10, device="cuda", dtype=dtype)
+    with torch.autocast("cuda", enabled=False):
+        torch.testing.assert_close(ours(x).float(), theirs(x.float()), rtol=2e-2, atol=2e-2)
