@@ -1,8 +1,11 @@
-"""``python -m benchmarks``: every speed target in one run (layer, training, data)."""
+"""``python -m benchmarks``: every speed target in one run (layer, training, data; and the
+GPU layer table where there is a CUDA GPU)."""
 
 import sys
 
-from . import data_loader, layer, training
+import torch
+
+from . import data_loader, gpu, layer, training
 
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
@@ -12,3 +15,6 @@ if __name__ == "__main__":
     training.main(["--repeats", "3", "--skip-epoch"] if quick else [])
     print("\n## Data loading\n")
     data_loader.main([])
+    if torch.cuda.is_available():
+        print("\n## Target 5: one layer on the GPU\n")
+        gpu.main([])

@@ -47,3 +47,35 @@ def test_notebook_lenet_is_the_notebooks():
     net = notebook_lenet()
     assert net(torch.rand(4, 1, 28, 28)).shape == (4, 10)
     assert count_parameters(net) == 44878
+
+
+def test_gpu_benchmark_interleaves_and_reports_ratios(capsys):
+    from benchmarks import gpu
+
+    calls = []
+
+    def timer(name, seconds):
+        def run():
+            calls.append(name)
+            return seconds
+        return run
+
+    ratios, ours, theirs = gpu.interleaved(timer("ours", 1.0), timer("torch", 4.0), repeats=4)
+    assert ratios == [0.25] * 4 and (ours, theirs) == (1.0, 4.0)
+    assert calls == ["ours", "torch", "torch", "ours"] * 2  # order flips every repeat
+    row = {"shape": (64, 120), "eager": ([1.5, 1.6], 3e-4, 2e-4),
+           "graph": ([0.4, 0.5], 9e-6, 2e-5), "first_s": 1.2, "max_abs_diff": 1e-6,
+           "kernels": (["rows_forward_kernel 2.2us"], ["cudnn 3.0us"])}
+    gpu.print_table([row])
+    out = capsys.readouterr().out
+    assert ("| (64, 120) | 300.0 / 200.0 | 1.50 / 1.55 / 1.60 | 9.0 / 20.0 "
+            "| 0.40 / 0.45 / 0.50 |") in out
+    assert "rows_forward_kernel 2.2us || cudnn 3.0us" in out
+
+
+def test_gpu_benchmark_says_it_needs_a_gpu(monkeypatch):
+    from benchmarks import gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        gpu.main([])
