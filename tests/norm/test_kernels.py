@@ -48,6 +48,19 @@ def test_cache_key_includes_the_headers(tmp_path, monkeypatch):
     assert build.library_path(src) != first
 
 
+def test_cache_key_includes_the_shared_headers(tmp_path, monkeypatch):
+    src = tmp_path / "k.cpp"
+    src.write_text('#include "autograd_node.h"\n')
+    common = tmp_path / "common" / "autograd_node.h"
+    common.parent.mkdir()
+    common.write_text("// one\n")
+    monkeypatch.setattr(build, "COMMON_HEADERS", [common])
+    first = build.library_path(src)
+    common.write_text("// two\n")
+    assert build.library_path(src) != first
+    assert f"-I{common.parent}" in build._command(src, tmp_path / "k.so")
+
+
 def test_raw_ops_reject_mismatched_arguments():
     ops = kernels.cpu_ops()
     if ops is None:

@@ -19,6 +19,8 @@
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
+#include "autograd_node.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -259,7 +261,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const c10::optional<Tensor>
   torch::autograd::variable_list inputs{x, weight};
   if (has_bias) inputs.push_back(*bias);
   if (!torch::autograd::compute_requires_grad(inputs)) return y;
-  auto node = c10::make_intrusive<Conv2dBackward>();
+  auto node = bnlab::make_node<Conv2dBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(inputs));
   node->x = torch::autograd::SavedVariable(x, false);
   node->weight = torch::autograd::SavedVariable(weight, false);

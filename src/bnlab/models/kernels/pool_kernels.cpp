@@ -14,6 +14,8 @@
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
+#include "autograd_node.h"
+
 #include <vector>
 
 namespace {
@@ -129,7 +131,7 @@ Tensor avg_pool2x2(const Tensor& x) {
     y = forward(x);
   }
   if (!torch::autograd::compute_requires_grad(x)) return y;
-  auto node = c10::make_intrusive<AvgPool2x2Backward>();
+  auto node = bnlab::make_node<AvgPool2x2Backward>();
   node->set_next_edges(torch::autograd::collect_next_edges(x));
   node->input_size = x.sizes().vec();
   torch::autograd::set_history(y, node);

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+# Headers every kernel library may include (this directory is on each one's include path).
+COMMON_HEADERS = [Path(__file__).with_name("autograd_node.h")]
 # -fopenmp: ATen's parallel_for is an inline OpenMP region; the library then resolves
 # libgomp.so.1 to the copy torch has already loaded (one OpenMP runtime per process).
 FLAGS = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-march=native",
@@ -41,6 +43,7 @@ def _command(source: Path, output: Path) -> list[str]:
     compiler = os.environ.get("CXX", "c++")
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     includes = [f"-I{p}" for p in cpp_extension.include_paths()]
+    includes.append(f"-I{COMMON_HEADERS[0].parent}")
     libdirs = cpp_extension.library_paths()
     return [
         compiler, str(source), "-o", str(output), *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
@@ -69,7 +72,8 @@ def library_path(source: Path = SOURCE) -> Path:
     """Where the library for ``source``, this torch build, the flags and the CPU lives."""
     key = hashlib.sha256()
     key.update(source.read_bytes())
-    for header in sorted(source.parent.glob("*.h")):  # the parts it includes
+    # the parts it includes
+    for header in sorted({*source.parent.glob("*.h"), *COMMON_HEADERS}):
         key.update(header.name.encode())
         key.update(header.read_bytes())
     key.update(torch.__version__.encode())

@@ -36,6 +36,7 @@ using at::Tensor;
 
 constexpr int64_t kGrain = 1 << 15;  // elements of work below which one thread is faster
 
+#include "autograd_node.h"
 #include "bn_activation.h"
 #include "bn_layout.h"
 #include "bn_forward.h"
@@ -205,7 +206,7 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
   if (defined(weight)) inputs.push_back(*weight);
   if (defined(bias)) inputs.push_back(*bias);
   if (!torch::autograd::compute_requires_grad(inputs)) return y;
-  auto node = c10::make_intrusive<BatchNormBackward>();
+  auto node = bnlab::make_node<BatchNormBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(inputs));
   // Saved: the input and two (C,) statistics, as torch's kernel saves; the rest (with an
   // activation: its input and output too) is recomputed.
