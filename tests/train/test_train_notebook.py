@@ -66,7 +66,10 @@ train_classify(concise_net.to(device), train_loader, test_loader, optimizer, cri
 FLOAT = r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)"
 TRAIN_LINE = re.compile(rf"^Epoch: 1, loss: {FLOAT}, acc: {FLOAT}$")
 TEST_LINE = re.compile(rf"^Epoch: 1, test loss: {FLOAT}, test acc: {FLOAT}$")
-BAR = re.compile(r"^Epoch 1: 100%\|.*\| 9/9 \[.*it/s, accuracy=[\d.]+, loss=[\d.e-]+\]$")
+# tqdm shows s/it instead of it/s when an iteration takes over a second (a first run that
+# compiles the kernels).
+BAR = re.compile(
+    r"^Epoch 1: 100%\|.*\| 9/9 \[.*(?:it/s|s/it), accuracy=[\d.]+, loss=[\d.e-]+\]$")
 
 
 def _run_cell(source: str, namespace: dict):
@@ -78,9 +81,11 @@ def _run_cell(source: str, namespace: dict):
 
 def _independent_test_metrics(net, loader) -> tuple[float, float]:
     net.eval()
+    device = next(net.parameters()).device  # the cells put the net on CUDA where there is one
     loss_sum, correct, n = 0.0, 0, 0
     with torch.no_grad():
         for X, y in loader:
+            X, y = X.to(device), y.to(device)
             out = net(X)
             loss_sum += F.cross_entropy(out, y, reduction="sum").item()
             correct += int((out.argmax(1) == y).sum())
