@@ -144,12 +144,21 @@ def test_input_without_grad_gets_parameter_gradients_only():
 
 
 def test_missing_triton_is_an_error_only_when_asked_for(monkeypatch):
-    monkeypatch.setattr(gpu, "_kernels", lambda: None)
+    monkeypatch.setattr(gpu, "_load", lambda: (None, gpu.MISSING))
     x = torch.randn(4, 3)
     with pytest.raises(KernelUnavailable, match="Triton is not installed"):
         BF.batch_norm(x, None, None, training=True, kernel="triton")
     y = BF.batch_norm(x.requires_grad_(), None, None, training=True, kernel="auto")
     assert "TritonBatchNormFunction" not in y.grad_fn.name()
+
+
+def test_a_broken_triton_is_reported_not_raised_under_auto(monkeypatch):
+    reason = "importing Triton failed: ImportError: libcuda.so.1 not found"
+    monkeypatch.setattr(gpu, "_load", lambda: (None, reason))
+    assert gpu.triton_status() == reason
+    with pytest.raises(KernelUnavailable, match="libcuda"):
+        BF.batch_norm(torch.randn(4, 3), None, None, training=True, kernel="triton")
+    assert not gpu.triton_eligible(torch.randn(4, 3), ())
 
 
 def test_auto_runs_triton_only_on_gpus():

@@ -77,8 +77,9 @@ def select_kernel(kernel: str | None, x: Tensor, params: tuple[Tensor | None, ..
     if choice != "triton" and fused_eligible(x, params):
         return "fused" if cpu_ops(required=choice == "fused") is not None else "reference"
     if choice == "triton":
-        if gpu.triton_status() == gpu.MISSING:
-            raise KernelUnavailable(f"bnlab's Triton kernels are unavailable: {gpu.MISSING}")
+        if gpu.triton_ops() is None:
+            raise KernelUnavailable(
+                f"bnlab's Triton kernels are unavailable: {gpu.triton_status()}")
         return "triton" if gpu.triton_eligible(x, params) else "reference"
     if choice == "auto" and x.is_cuda and gpu.triton_eligible(x, params):
         return "triton"

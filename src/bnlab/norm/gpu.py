@@ -41,21 +41,27 @@ def interpreting() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _kernels():
-    """The kernels module, or None where Triton is not installed."""
+def _load() -> tuple[object | None, str]:
     if importlib.util.find_spec("triton") is None:
-        return None
-    from .kernels import triton_kernels
-    return triton_kernels
+        return None, MISSING
+    try:
+        from .kernels import triton_kernels
+    except Exception as err:  # a broken install: the reference path runs instead
+        return None, f"importing Triton failed: {type(err).__name__}: {err}"
+    return triton_kernels, "Triton kernels for CUDA tensors"
+
+
+def triton_ops():
+    """The kernels module, or None where Triton cannot be imported."""
+    return _load()[0]
 
 
 def triton_status() -> str:
-    """One line: whether the Triton kernels can run here."""
-    if _kernels() is None:
-        return MISSING
-    if interpreting():
+    """One line: whether the Triton kernels can run here, or why not."""
+    module, reason = _load()
+    if module is not None and interpreting():
         return "Triton's interpreter (TRITON_INTERPRET=1): CPU tensors too"
-    return "Triton kernels for CUDA tensors"
+    return reason
 
 
 def triton_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
@@ -71,7 +77,7 @@ def triton_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
         if p is not None and (p.device != device or not p.is_contiguous()
                               or not p.is_floating_point()):
             return False
-    return _kernels() is not None
+    return triton_ops() is not None
 
 
 def _next_pow2(n: int) -> int:
@@ -139,7 +145,7 @@ def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     """``(y, stats)`` of ``x`` (N, C, *), ``stats`` float32 (2, C) holding the mean and
     ``invstd``: batch statistics (moving the running ones when given, counting the batch in
     ``counter``) or the running ones."""
-    k = _kernels()
+    k = triton_ops()
     n, c = x.shape[0], x.shape[1]
     s = x.numel() // (n * c)
     y = torch.empty_like(x)
@@ -178,7 +184,7 @@ def backward(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
              needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None,
                                                       Tensor | None]:
     """``(dx, dweight, dbias)`` (None where not needed) for the output gradient ``dy``."""
-    k = _kernels()
+    k = triton_ops()
     dy = dy.contiguous()
     n, c = x.shape[0], x.shape[1]
     s = x.numel() // (n * c)
