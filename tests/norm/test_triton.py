@@ -87,6 +87,13 @@ def test_partial_sums_path_matches_torch(split_channels, shape, activation):
     assert_steps_match(shape, activation)
 
 
+@pytest.mark.parametrize("shape", [(300, 5), (40, 3, 100), (2, 70)])
+def test_loops_over_several_tiles_match_torch(shape):
+    # (300, 5): 2 row tiles; (40, 3, 100): 3 row tiles of 128-wide masked columns;
+    # (2, 70): 3 programs of 32 channels, the last part-masked.
+    assert_steps_match(shape, "relu")
+
+
 def test_cumulative_momentum_matches_torch():
     assert_steps_match((8, 3, 4, 4), momentum=None, steps=3)
 
