@@ -187,17 +187,17 @@ def per_call_us(fn: Callable[[], object], iters: int = 2000) -> float:
 def overhead(shape: tuple[int, ...] = (64, 120)) -> None:
     """Where the host time of a small layer goes: each piece timed alone."""
     from bnlab.norm import functional as BF
-    from bnlab.norm.kernels import triton_kernels as k
+    from bnlab.norm.kernels import triton_rows as k
 
     x = torch.randn(shape, device="cuda")
     c = shape[1]
     w, b = torch.ones(c, device="cuda"), torch.zeros(c, device="cuda")
     rm, rv = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
     y, stats = torch.empty_like(x), torch.empty(2, c, device="cuda")
-    args = (x, y, w, b, rm, rv, stats, stats, shape[0], c, 0.1, 1e-5)
-    consts = dict(STATS=k.LOCAL, HAS_W=True, HAS_B=True, UPDATE=True, COUNT=False, ACT=0,
-                  BLOCK_N=64, BLOCK_C=32)
-    grid = (-(-c // 32),)
+    args = (x, y, w, b, rm, rv, stats, stats, stats, shape[0], c, shape[0], 0.1, 1e-5)
+    consts = dict(STATS=1, HAS_W=True, HAS_B=True, UPDATE=True, COUNT=False, ACT=0,
+                  BLOCK_N=64, BLOCK_C=32, BLOCK_P=1)
+    grid = (-(-c // 32), 1)
     compiled = k.rows_forward_kernel[grid](*args, **consts)
     direct = compiled[(grid[0], 1, 1)]
     ordered = (*args, *consts.values())

@@ -79,11 +79,12 @@ def assert_steps_match(shape, activation=None, dtype=torch.float32, device="cpu"
     assert "TritonBatchNormFunction" in ya.grad_fn.name()
 
 
-@pytest.mark.parametrize("shape", [(6, 4, 7, 7), (9, 3, 5), (33, 2, 4, 4)])
+@pytest.mark.parametrize("shape", [(6, 4, 7, 7), (9, 3, 5), (33, 2, 4, 4), (40, 3), (50, 70)])
 @pytest.mark.parametrize("activation", [None, "sigmoid"])
 def test_partial_sums_path_matches_torch(split_channels, shape, activation):
-    n, _, *spatial = shape
-    assert gpu._parts(n, shape[1], torch.Size(spatial).numel()) > 1  # really split
+    n, c, *spatial = shape
+    for budget in (2048, 1024):  # forward, backward
+        assert gpu.plan(n, c, torch.Size(spatial).numel(), True, budget).parts > 1  # split
     assert_steps_match(shape, activation)
 
 
@@ -117,10 +118,15 @@ def test_blocks_are_powers_of_two_and_divide_the_runs():
             assert s % block_s == 0  # no masked-off lanes
         else:
             assert block_s >= min(s, 2048)  # a run in one tile
-    for n, c, s in [(256, 64, 3136), (64, 6, 576), (1, 3, 10**6), (1000, 1, 100)]:
-        parts = gpu._parts(n, c, s)
-        assert 1 <= parts <= n
-        assert parts == 1 or n * s // parts >= gpu.MIN_PART
+    for n, c, s in [(256, 64, 3136), (64, 6, 576), (1, 3, 10**6), (1000, 1, 100),
+                    (65536, 64, 1), (64, 120, 1)]:
+        p = gpu.plan(n, c, s, True, 2048)
+        assert 1 <= p.parts <= n
+        assert (p.parts - 1) * p.rows_per_part < n <= p.parts * p.rows_per_part  # rows covered
+        per_part = p.rows_per_part * (min(c, p.block_x) if s == 1 else s)
+        assert p.parts == 1 or per_part >= gpu.MIN_PART
+    assert gpu.plan(65536, 64, 1, True, 2048).parts > 1  # a tall (N, C) batch is spread out
+    assert gpu.plan(64, 120, 1, True, 2048).parts == 1  # LeNet's: one launch each way
 
 
 def test_double_backward_matches_the_reference_path():

@@ -1,4 +1,4 @@
-"""Batch norm on bnlab's Triton kernels (``kernels/triton_kernels.py``), for CUDA tensors.
+"""Batch norm on bnlab's Triton kernels (``kernels/triton_*.py``), for CUDA tensors.
 
 One launch forward and one backward when a channel is small enough for one program; two
 each (partial sums over parts of every channel, then the normalization that combines them)
@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -45,10 +46,20 @@ def _load() -> tuple[object | None, str]:
     if importlib.util.find_spec("triton") is None:
         return None, MISSING
     try:
-        from .kernels import triton_kernels
+        from .kernels import triton_common, triton_planar, triton_rows
     except Exception as err:  # a broken install: the reference path runs instead
         return None, f"importing Triton failed: {type(err).__name__}: {err}"
-    return triton_kernels, "Triton kernels for CUDA tensors"
+    kernels = SimpleNamespace(
+        PARTIALS=triton_common.PARTIALS, LOCAL=triton_common.LOCAL,
+        RUNNING=triton_common.RUNNING,
+        planar_sums=triton_planar.planar_sums_kernel,
+        planar_forward=triton_planar.planar_forward_kernel,
+        planar_grad_sums=triton_planar.planar_grad_sums_kernel,
+        planar_backward=triton_planar.planar_backward_kernel,
+        rows_sums=triton_rows.rows_sums_kernel, rows_forward=triton_rows.rows_forward_kernel,
+        rows_grad_sums=triton_rows.rows_grad_sums_kernel,
+        rows_backward=triton_rows.rows_backward_kernel)
+    return kernels, "Triton kernels for CUDA tensors"
 
 
 def triton_ops():
@@ -125,11 +136,20 @@ class Plan(NamedTuple):
 def plan(n: int, c: int, s: int, split: bool, budget: int) -> Plan:
     """The launch plan for (N, C, S) input (cached: it runs on every call). ``split``: parts
     are chosen for a reduction over each channel (else only to spread the work)."""
-    if s == 1:
+    if s == 1:  # rows: blocks of up to 32 channels, one tile budget both ways
         block_c = min(_next_pow2(c), 32)
-        block_n = max(1, min(_next_pow2(n), 2048 // block_c))
-        return Plan(True, (-(-c // block_c), 1), 1, n, block_n, block_c, 1,
-                    _warps(block_n * block_c))
+        blocks = -(-c // block_c)
+        if not split:
+            parts = max(1, min(n, -(-n * block_c // MIN_PART)))
+        elif n * block_c <= LOCAL_LIMIT:
+            parts = 1
+        else:
+            parts = max(1, min(n, -(-TARGET_PROGRAMS // blocks), n * block_c // MIN_PART))
+        rows_per_part = -(-n // parts)
+        parts = -(-n // rows_per_part)
+        block_n = max(1, min(_next_pow2(rows_per_part), 2048 // block_c))
+        return Plan(True, (blocks, parts), parts, rows_per_part, block_n, block_c,
+                    _next_pow2(parts), _warps(block_n * block_c))
     parts = _parts(n, c, s) if split else max(1, min(n, -(-n * s // MIN_PART)))
     rows_per_part = -(-n // parts)
     parts = -(-n // rows_per_part)
@@ -161,21 +181,26 @@ def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     rm = x if running_mean is None else running_mean
     rv = x if running_var is None else running_var
     cnt = stats if counter is None else counter
-    if p.rows:
-        k.rows_forward_kernel[p.grid](
-            x, y, w, b, rm, rv, stats, cnt, n, c, momentum, eps, STATS=stats_mode,
-            BLOCK_N=p.block_n, BLOCK_C=p.block_x, num_warps=p.warps, **flags)
-        return y, stats
     part = stats
     if batch_statistics and p.parts > 1:
         stats_mode = k.PARTIALS
         part = torch.empty(2 * c * p.parts, device=x.device, dtype=torch.float32)
-        k.planar_sums_kernel[p.grid](x, part, n, c, s, p.rows_per_part, BLOCK_N=p.block_n,
-                                     BLOCK_S=p.block_x, num_warps=p.warps)
-    k.planar_forward_kernel[p.grid](
-        x, y, w, b, rm, rv, stats, part, cnt, n, c, s, p.rows_per_part, momentum, eps,
-        STATS=stats_mode, BLOCK_N=p.block_n, BLOCK_S=p.block_x, BLOCK_P=p.block_p,
-        num_warps=p.warps, **flags)
+        if p.rows:
+            k.rows_sums[p.grid](x, part, n, c, p.rows_per_part, BLOCK_N=p.block_n,
+                                BLOCK_C=p.block_x, num_warps=p.warps)
+        else:
+            k.planar_sums[p.grid](x, part, n, c, s, p.rows_per_part, BLOCK_N=p.block_n,
+                                  BLOCK_S=p.block_x, num_warps=p.warps)
+    if p.rows:
+        k.rows_forward[p.grid](
+            x, y, w, b, rm, rv, stats, part, cnt, n, c, p.rows_per_part, momentum, eps,
+            STATS=stats_mode, BLOCK_N=p.block_n, BLOCK_C=p.block_x, BLOCK_P=p.block_p,
+            num_warps=p.warps, **flags)
+    else:
+        k.planar_forward[p.grid](
+            x, y, w, b, rm, rv, stats, part, cnt, n, c, s, p.rows_per_part, momentum, eps,
+            STATS=stats_mode, BLOCK_N=p.block_n, BLOCK_S=p.block_x, BLOCK_P=p.block_p,
+            num_warps=p.warps, **flags)
     return y, stats
 
 
@@ -199,22 +224,25 @@ def backward(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
     dw_arg = stats if dw is None else dw
     db_arg = stats if db is None else db
     p = plan(n, c, s, True, 1024)
-    if p.rows:
-        k.rows_backward_kernel[p.grid](
-            dy, x, dx_arg, w, b, stats, dw_arg, db_arg, n, c, BATCH_STATS=batch_statistics,
-            NEED_DX=need_x, BLOCK_N=p.block_n, BLOCK_C=p.block_x, num_warps=p.warps, **flags)
-    else:
-        part = stats
-        if p.parts > 1:
-            part = torch.empty(2 * c * p.parts, device=x.device, dtype=torch.float32)
-            k.planar_grad_sums_kernel[p.grid](
+    part = stats
+    if p.parts > 1:
+        part = torch.empty(2 * c * p.parts, device=x.device, dtype=torch.float32)
+        if p.rows:
+            k.rows_grad_sums[p.grid](
+                dy, x, w, b, stats, part, n, c, p.rows_per_part, BLOCK_N=p.block_n,
+                BLOCK_C=p.block_x, num_warps=p.warps, **flags)
+        else:
+            k.planar_grad_sums[p.grid](
                 dy, x, w, b, stats, part, n, c, s, p.rows_per_part, BLOCK_N=p.block_n,
                 BLOCK_S=p.block_x, num_warps=p.warps, **flags)
-        k.planar_backward_kernel[p.grid](
-            dy, x, dx_arg, w, b, stats, part, dw_arg, db_arg, n, c, s, p.rows_per_part,
-            LOCAL_SUMS=p.parts == 1, BATCH_STATS=batch_statistics, NEED_DX=need_x,
-            BLOCK_N=p.block_n, BLOCK_S=p.block_x, BLOCK_P=p.block_p, num_warps=p.warps,
-            **flags)
+    blocks = dict(BLOCK_N=p.block_n, BLOCK_P=p.block_p, num_warps=p.warps,
+                  LOCAL_SUMS=p.parts == 1, BATCH_STATS=batch_statistics, NEED_DX=need_x)
+    if p.rows:
+        k.rows_backward[p.grid](dy, x, dx_arg, w, b, stats, part, dw_arg, db_arg, n, c,
+                                p.rows_per_part, BLOCK_C=p.block_x, **blocks, **flags)
+    else:
+        k.planar_backward[p.grid](dy, x, dx_arg, w, b, stats, part, dw_arg, db_arg, n, c, s,
+                                  p.rows_per_part, BLOCK_S=p.block_x, **blocks, **flags)
     return dx, (dw if need_w else None), (db if need_b else None)
 
 

@@ -1,51 +1,13 @@
-"""Batch-norm kernels in Triton, for GPUs (and Triton's CPU interpreter, in tests).
-
-Imported only when the Triton path runs (:mod:`bnlab.norm.gpu`), so the rest of bnlab
-needs no Triton. Arithmetic is float32 whatever the input dtype; stores cast to the
-destination's dtype.
-
-Two layouts of a contiguous input:
-
-* planar, (N, C, S) with S > 1 the product of the spatial dims: a channel is N runs of S
-  contiguous elements. Tiles are (BLOCK_N rows, BLOCK_S columns) of one channel.
-* rows, (N, C): a channel is a column. Tiles are (BLOCK_N rows, BLOCK_C channels).
-
-``stats`` is float32 (2, C): the mean, then ``invstd = 1 / sqrt(var + eps)``, written by
-the forward kernels for the backward ones.
-
-Statistics (``STATS``): ``PARTIALS`` combines per-part sums written by a ``*_sums`` kernel
-(a large channel split over several programs), ``LOCAL`` computes them in the same program
-(one program per channel: one launch), ``RUNNING`` reads the running statistics (eval).
-Sums are shifted by the channel's first element, so ``E[d^2] - E[d]^2`` does not cancel.
-"""
+"""Batch-norm kernels in Triton for the planar layout, (N, C, S) with S > 1: grid
+(C, parts), each program one channel's rows ``[p * rows_per_part, ...)``. See
+:mod:`.triton_common` for the layouts and the statistics modes."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-PARTIALS, LOCAL, RUNNING = 0, 1, 2
-
-
-@triton.jit
-def _activate(y, ACT: tl.constexpr):
-    """ACT 0: identity, 1: relu, 2: sigmoid."""
-    if ACT == 1:
-        y = tl.maximum(y, 0.0)
-    elif ACT == 2:
-        y = tl.sigmoid(y)
-    return y
-
-
-@triton.jit
-def _through_activation(g, pre, ACT: tl.constexpr):
-    """The gradient ``g`` of the activation's output, taken back to its input ``pre``."""
-    if ACT == 1:
-        g = tl.where(pre > 0.0, g, 0.0)
-    elif ACT == 2:
-        s = tl.sigmoid(pre)
-        g = g * s * (1.0 - s)
-    return g
+from .triton_common import activate, load_or, through_activation
 
 
 @triton.jit
@@ -86,19 +48,11 @@ def _planar_grad_sums(dy_ptr, x_ptr, mean, scale, shift_b, c, n_start, n_end, C,
             offs, mask = _planar_tile(c, n0, s0, n_end, C, S, BLOCK_N, BLOCK_S)
             xm = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - mean
             g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            g = _through_activation(g, xm * scale + shift_b, ACT)
+            g = through_activation(g, xm * scale + shift_b, ACT)
             g = tl.where(mask, g, 0.0)
             acc += g
             acc2 += g * xm
     return tl.sum(tl.sum(acc, 1), 0), tl.sum(tl.sum(acc2, 1), 0)
-
-
-@triton.jit
-def _load_or(ptr, i, HAS: tl.constexpr, default):
-    if HAS:
-        return tl.load(ptr + i).to(tl.float32)
-    return default
-
 
 @triton.jit
 def planar_sums_kernel(x_ptr, part_ptr, N, C, S, rows_per_part,
@@ -142,8 +96,8 @@ def planar_forward_kernel(x_ptr, y_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, stats_ptr,
         var = tl.maximum(s2 / count - d * d, 0.0)
         mean = shift + d
     invstd = tl.rsqrt(var + eps)
-    scale = _load_or(w_ptr, c, HAS_W, 1.0) * invstd
-    shift_b = _load_or(b_ptr, c, HAS_B, 0.0)
+    scale = load_or(w_ptr, c, HAS_W, 1.0) * invstd
+    shift_b = load_or(b_ptr, c, HAS_B, 0.0)
     if p == 0:
         tl.store(stats_ptr + c, mean)
         tl.store(stats_ptr + C + c, invstd)
@@ -161,7 +115,7 @@ def planar_forward_kernel(x_ptr, y_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, stats_ptr,
         for s0 in range(0, S, BLOCK_S):
             offs, mask = _planar_tile(c, n0, s0, n_end, C, S, BLOCK_N, BLOCK_S)
             v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            y = _activate((v - mean) * scale + shift_b, ACT)
+            y = activate((v - mean) * scale + shift_b, ACT)
             tl.store(y_ptr + offs, y, mask=mask)
 
 
@@ -174,8 +128,8 @@ def planar_grad_sums_kernel(dy_ptr, x_ptr, w_ptr, b_ptr, stats_ptr, part_ptr,
     p = tl.program_id(1)
     parts = tl.num_programs(1)
     mean = tl.load(stats_ptr + c)
-    scale = _load_or(w_ptr, c, HAS_W, 1.0) * tl.load(stats_ptr + C + c)
-    shift_b = _load_or(b_ptr, c, HAS_B, 0.0)
+    scale = load_or(w_ptr, c, HAS_W, 1.0) * tl.load(stats_ptr + C + c)
+    shift_b = load_or(b_ptr, c, HAS_B, 0.0)
     n_start = p * rows_per_part
     n_end = tl.minimum(n_start + rows_per_part, N)
     s1, s2 = _planar_grad_sums(dy_ptr, x_ptr, mean, scale, shift_b, c, n_start, n_end, C, S,
@@ -198,8 +152,8 @@ def planar_backward_kernel(dy_ptr, x_ptr, dx_ptr, w_ptr, b_ptr, stats_ptr,
     count = N * 1.0 * S
     mean = tl.load(stats_ptr + c)
     invstd = tl.load(stats_ptr + C + c)
-    scale = _load_or(w_ptr, c, HAS_W, 1.0) * invstd
-    shift_b = _load_or(b_ptr, c, HAS_B, 0.0)
+    scale = load_or(w_ptr, c, HAS_W, 1.0) * invstd
+    shift_b = load_or(b_ptr, c, HAS_B, 0.0)
     if LOCAL_SUMS:
         s1, s2 = _planar_grad_sums(dy_ptr, x_ptr, mean, scale, shift_b, c, 0, N, C, S,
                                    ACT, BLOCK_N, BLOCK_S)
@@ -222,115 +176,7 @@ def planar_backward_kernel(dy_ptr, x_ptr, dx_ptr, w_ptr, b_ptr, stats_ptr,
                 offs, mask = _planar_tile(c, n0, s0, n_end, C, S, BLOCK_N, BLOCK_S)
                 xm = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - mean
                 g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-                g = _through_activation(g, xm * scale + shift_b, ACT)
+                g = through_activation(g, xm * scale + shift_b, ACT)
                 if BATCH_STATS:
                     g = g - g_mean - xm * proj
                 tl.store(dx_ptr + offs, g * scale, mask=mask)
-
-
-@triton.jit
-def _rows_tile(n0, c0, N, C, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = n0 + tl.arange(0, BLOCK_N)
-    cols = c0 + tl.arange(0, BLOCK_C)
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-    mask = (rows < N)[:, None] & (cols < C)[None, :]
-    return offs, mask
-
-
-@triton.jit
-def _load_cols_or(ptr, cols, cmask, HAS: tl.constexpr, default):
-    if HAS:
-        return tl.load(ptr + cols, mask=cmask, other=default).to(tl.float32)
-    return tl.full(cols.shape, default, tl.float32)
-
-
-@triton.jit
-def rows_forward_kernel(x_ptr, y_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, stats_ptr,
-                        counter_ptr, N, C, momentum, eps, STATS: tl.constexpr,
-                        HAS_W: tl.constexpr, HAS_B: tl.constexpr, UPDATE: tl.constexpr,
-                        COUNT: tl.constexpr, ACT: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Grid (cdiv(C, BLOCK_C),): statistics (LOCAL or RUNNING) and normalization of a
-    block of channels of (N, C) input, in one program."""
-    pid = tl.program_id(0)
-    c0 = pid * BLOCK_C
-    cols = c0 + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    count = N * 1.0
-    if STATS == 2:
-        mean = tl.load(rm_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        var = tl.load(rv_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
-    else:
-        shift = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        acc = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
-        acc2 = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
-        for n0 in range(0, N, BLOCK_N):
-            offs, mask = _rows_tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
-            d = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - shift[None, :]
-            d = tl.where(mask, d, 0.0)
-            acc += d
-            acc2 += d * d
-        d = tl.sum(acc, 0) / count
-        var = tl.maximum(tl.sum(acc2, 0) / count - d * d, 0.0)
-        mean = shift + d
-    invstd = tl.rsqrt(var + eps)
-    scale = _load_cols_or(w_ptr, cols, cmask, HAS_W, 1.0) * invstd
-    shift_b = _load_cols_or(b_ptr, cols, cmask, HAS_B, 0.0)
-    tl.store(stats_ptr + cols, mean, mask=cmask)
-    tl.store(stats_ptr + C + cols, invstd, mask=cmask)
-    if UPDATE:
-        rm = tl.load(rm_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        rv = tl.load(rv_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        tl.store(rm_ptr + cols, rm + momentum * (mean - rm), mask=cmask)
-        tl.store(rv_ptr + cols, rv + momentum * (var * count / (count - 1.0) - rv), mask=cmask)
-    if COUNT:
-        if pid == 0:
-            tl.store(counter_ptr, tl.load(counter_ptr) + 1)
-    for n0 in range(0, N, BLOCK_N):
-        offs, mask = _rows_tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
-        v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        y = _activate((v - mean[None, :]) * scale[None, :] + shift_b[None, :], ACT)
-        tl.store(y_ptr + offs, y, mask=mask)
-
-
-@triton.jit
-def rows_backward_kernel(dy_ptr, x_ptr, dx_ptr, w_ptr, b_ptr, stats_ptr,
-                         dw_ptr, db_ptr, N, C, BATCH_STATS: tl.constexpr,
-                         NEED_DX: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                         ACT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Grid (cdiv(C, BLOCK_C),): gradient sums and dx of a block of channels of (N, C)."""
-    c0 = tl.program_id(0) * BLOCK_C
-    cols = c0 + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    count = N * 1.0
-    mean = tl.load(stats_ptr + cols, mask=cmask, other=0.0)
-    invstd = tl.load(stats_ptr + C + cols, mask=cmask, other=0.0)
-    scale = _load_cols_or(w_ptr, cols, cmask, HAS_W, 1.0) * invstd
-    shift_b = _load_cols_or(b_ptr, cols, cmask, HAS_B, 0.0)
-    acc = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
-    acc2 = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        offs, mask = _rows_tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
-        xm = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - mean[None, :]
-        g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.where(mask, _through_activation(g, xm * scale[None, :] + shift_b[None, :], ACT),
-                     0.0)
-        acc += g
-        acc2 += g * xm
-    s1 = tl.sum(acc, 0)
-    s2 = tl.sum(acc2, 0)
-    if HAS_W:
-        tl.store(dw_ptr + cols, s2 * invstd, mask=cmask)
-    if HAS_B:
-        tl.store(db_ptr + cols, s1, mask=cmask)
-    if NEED_DX:
-        g_mean = s1 / count
-        proj = s2 * invstd * invstd / count
-        for n0 in range(0, N, BLOCK_N):
-            offs, mask = _rows_tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
-            xm = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - mean[None, :]
-            g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            g = _through_activation(g, xm * scale[None, :] + shift_b[None, :], ACT)
-            if BATCH_STATS:
-                g = g - g_mean[None, :] - xm * proj[None, :]
-            tl.store(dx_ptr + offs, g * scale[None, :], mask=mask)
