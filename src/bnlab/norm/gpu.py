@@ -105,13 +105,17 @@ def _planar_blocks(n: int, s: int, budget: int) -> tuple[int, int]:
     return max(1, min(budget // block_s, _next_pow2(n))), block_s
 
 
-def _parts(n: int, c: int, s: int) -> int:
-    """How many programs share each channel's rows."""
-    per_channel = n * s
-    if per_channel <= LOCAL_LIMIT:
+def _parts(n: int, columns: int, width: int, split: bool) -> int:
+    """How many programs share the rows of each of ``columns`` column programs (a channel, or
+    a block of channels), whose rows are ``width`` values wide. ``split``: for a reduction
+    (one part while a column fits one program; else parts of at least MIN_PART values,
+    aiming at TARGET_PROGRAMS programs in all); otherwise only to spread the work."""
+    values = n * width
+    if not split:
+        return max(1, min(n, -(-values // MIN_PART)))
+    if values <= LOCAL_LIMIT:
         return 1
-    wanted = max(1, -(-TARGET_PROGRAMS // c))
-    return max(1, min(n, wanted, per_channel // MIN_PART))
+    return max(1, min(n, -(-TARGET_PROGRAMS // columns), values // MIN_PART))
 
 
 def _warps(block: int) -> int:
@@ -136,26 +140,20 @@ class Plan(NamedTuple):
 def plan(n: int, c: int, s: int, split: bool, budget: int) -> Plan:
     """The launch plan for (N, C, S) input (cached: it runs on every call). ``split``: parts
     are chosen for a reduction over each channel (else only to spread the work)."""
-    if s == 1:  # rows: blocks of up to 32 channels, one tile budget both ways
+    rows = s == 1
+    if rows:  # blocks of up to 32 channels, one tile budget both ways
         block_c = min(_next_pow2(c), 32)
-        blocks = -(-c // block_c)
-        if not split:
-            parts = max(1, min(n, -(-n * block_c // MIN_PART)))
-        elif n * block_c <= LOCAL_LIMIT:
-            parts = 1
-        else:
-            parts = max(1, min(n, -(-TARGET_PROGRAMS // blocks), n * block_c // MIN_PART))
-        rows_per_part = -(-n // parts)
-        parts = -(-n // rows_per_part)
-        block_n = max(1, min(_next_pow2(rows_per_part), 2048 // block_c))
-        return Plan(True, (blocks, parts), parts, rows_per_part, block_n, block_c,
-                    _next_pow2(parts), _warps(block_n * block_c))
-    parts = _parts(n, c, s) if split else max(1, min(n, -(-n * s // MIN_PART)))
-    rows_per_part = -(-n // parts)
+        columns, width = -(-c // block_c), block_c
+    else:  # one channel a column
+        columns, width = c, s
+    rows_per_part = -(-n // _parts(n, columns, width, split))
     parts = -(-n // rows_per_part)
-    block_n, block_s = _planar_blocks(rows_per_part, s, budget)
-    return Plan(False, (c, parts), parts, rows_per_part, block_n, block_s, _next_pow2(parts),
-                _warps(block_n * block_s))
+    if rows:
+        block_n, block_x = max(1, min(_next_pow2(rows_per_part), 2048 // block_c)), block_c
+    else:
+        block_n, block_x = _planar_blocks(rows_per_part, s, budget)
+    return Plan(rows, (columns, parts), parts, rows_per_part, block_n, block_x,
+                _next_pow2(parts), _warps(block_n * block_x))
 
 
 def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
