@@ -15,7 +15,6 @@ afterwards), a parity check against torch, and the GPU kernels each side launche
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
@@ -25,6 +24,7 @@ from torch import nn
 import bnlab
 from bnlab.norm.gpu import triton_status
 
+from . import timing
 from .layer import SHAPES
 
 TARGET = 1.0
@@ -81,20 +81,8 @@ def graph_seconds(graph: torch.cuda.CUDAGraph, iters: int) -> float:
 def interleaved(ours: Callable[[], float], theirs: Callable[[], float],
                 repeats: int) -> tuple[list[float], float, float]:
     """(ratios ours/theirs per repeat, median seconds of ours, of theirs); order flips."""
-    ratios, a, b = [], [], []
-    for r in range(repeats):
-        if r % 2:
-            tb, ta = theirs(), ours()
-        else:
-            ta, tb = ours(), theirs()
-        ratios.append(ta / tb)
-        a.append(ta)
-        b.append(tb)
-    return ratios, statistics.median(a), statistics.median(b)
-
-
-def summary(ratios: list[float]) -> str:
-    return f"{min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f}"
+    r = timing.interleaved(ours, theirs, repeats)
+    return r.ratios, r.candidate_s, r.baseline_s
 
 
 def parity(ours: nn.Module, theirs: nn.Module, shape: tuple[int, ...]) -> float:
@@ -164,8 +152,8 @@ def print_table(rows: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         e, g = row["eager"], row["graph"]
-        print(f"| {row['shape']} | {e[1] * 1e6:.1f} / {e[2] * 1e6:.1f} | {summary(e[0])} "
-              f"| {g[1] * 1e6:.1f} / {g[2] * 1e6:.1f} | {summary(g[0])} "
+        print(f"| {row['shape']} | {e[1] * 1e6:.1f} / {e[2] * 1e6:.1f} | {timing.spread(e[0])} "
+              f"| {g[1] * 1e6:.1f} / {g[2] * 1e6:.1f} | {timing.spread(g[0])} "
               f"| {row['first_s']:.2f} | {row['max_abs_diff']:.1e} |")
     print("\nGPU kernels per forward + backward (bnlab; torch):")
     for row in rows:

@@ -18,8 +18,12 @@ class Ratio:
 
     @property
     def summary(self) -> str:
-        r = self.ratios
-        return f"{min(r):.2f} / {statistics.median(r):.2f} / {max(r):.2f}"
+        return spread(self.ratios)
+
+
+def spread(values: list[float]) -> str:
+    """``min / median / max``, two decimals."""
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
 
 
 def time_call(fn: Callable[[], object], iters: int) -> float:
@@ -27,6 +31,25 @@ def time_call(fn: Callable[[], object], iters: int) -> float:
     for _ in range(iters):
         fn()
     return (time.perf_counter() - start) / iters
+
+
+def interleaved(
+    candidate: Callable[[], float], baseline: Callable[[], float], repeats: int
+) -> Ratio:
+    """Ratios of the seconds that ``candidate`` and ``baseline`` measure and return, called
+    alternately, the order flipped every repeat."""
+    ratios, cand, base = [], [], []
+    for r in range(repeats):
+        if r % 2:
+            b = baseline()
+            c = candidate()
+        else:
+            c = candidate()
+            b = baseline()
+        ratios.append(c / b)
+        cand.append(c)
+        base.append(b)
+    return Ratio(ratios, statistics.median(cand), statistics.median(base))
 
 
 def interleaved_ratio(
@@ -41,15 +64,5 @@ def interleaved_ratio(
     for _ in range(warmup):
         candidate()
         baseline()
-    ratios, cand, base = [], [], []
-    for r in range(repeats):
-        if r % 2:
-            b = time_call(baseline, iters)
-            c = time_call(candidate, iters)
-        else:
-            c = time_call(candidate, iters)
-            b = time_call(baseline, iters)
-        ratios.append(c / b)
-        cand.append(c)
-        base.append(b)
-    return Ratio(ratios, statistics.median(cand), statistics.median(base))
+    return interleaved(lambda: time_call(candidate, iters), lambda: time_call(baseline, iters),
+                       repeats)
