@@ -9,6 +9,7 @@ Same contract and saved tensors as the reference
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -39,10 +40,13 @@ def fused_batch_norm(
     """``F.batch_norm``'s computation on the fused kernels (inputs already validated),
     followed in the same pass by ``activation`` (None, "relu" or "sigmoid"); in training
     ``num_batches_tracked`` (when given) is incremented in place."""
-    return cpu_ops(required=True).batch_norm.default(x, weight, bias, running_mean,
-                                                     running_var, training, momentum, eps,
-                                                     ACTIVATIONS[activation],
-                                                     num_batches_tracked)
+    return _fused_op()(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                       ACTIVATIONS[activation], num_batches_tracked)
+
+
+@functools.lru_cache(maxsize=1)
+def _fused_op():
+    return cpu_ops(required=True).batch_norm.default
 
 
 def requested_kernel(kernel: str | None) -> str:
@@ -57,10 +61,10 @@ def fused_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
     """The fused kernels take float32/float64 CPU tensors, and parameters and statistics of
     the same dtype, contiguous. (Cheap checks: this runs on every call.)"""
     dtype = x.dtype
-    if dtype not in _FUSED_DTYPES or not x.is_cpu or type(x) not in _PLAIN:
+    if not x.is_cpu or dtype not in _FUSED_DTYPES or type(x) not in _PLAIN:
         return False  # tensor subclasses keep their own dispatch
     for p in params:
-        if p is not None and (p.dtype != dtype or not p.is_cpu or not p.is_contiguous()):
+        if p is not None and (p.dtype is not dtype or not p.is_cpu or not p.is_contiguous()):
             return False
     return True
 
@@ -74,13 +78,13 @@ def select_kernel(kernel: str | None, x: Tensor, params: tuple[Tensor | None, ..
     choice = requested_kernel(kernel)
     if choice == "reference" or torch.compiler.is_compiling():
         return "reference"  # under torch.compile the tensor-op path is traced and fused
-    if choice != "triton" and fused_eligible(x, params):
-        return "fused" if cpu_ops(required=choice == "fused") is not None else "reference"
     if choice == "triton":
         if gpu.triton_ops() is None:
             raise KernelUnavailable(
                 f"bnlab's Triton kernels are unavailable: {gpu.triton_status()}")
         return "triton" if gpu.triton_eligible(x, params) else "reference"
+    if fused_eligible(x, params):
+        return "fused" if cpu_ops(required=choice == "fused") is not None else "reference"
     if choice == "auto" and x.is_cuda and gpu.triton_eligible(x, params):
         return "triton"
     return "reference"

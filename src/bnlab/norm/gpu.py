@@ -83,9 +83,9 @@ def triton_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
         return False
     if not (x.is_cuda or interpreting()):
         return False
-    device = x.device
+    device = x.get_device()  # an int (-1: CPU): torch.device objects are slow to compare
     for p in params:
-        if p is not None and (p.device != device or not p.is_contiguous()
+        if p is not None and (p.get_device() != device or not p.is_contiguous()
                               or not p.is_floating_point()):
             return False
     return triton_ops() is not None
@@ -300,9 +300,8 @@ def triton_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     ``activation``, on the Triton kernels; in training ``num_batches_tracked`` (when given)
     is incremented in place."""
     counter = num_batches_tracked if training else None
-    device = x.device
-    if x.is_cuda and device.index is not None and device.index != torch.cuda.current_device():
-        with torch.cuda.device(device):
+    if x.is_cuda and (index := x.get_device()) != torch.cuda.current_device():
+        with torch.cuda.device(index):
             return TritonBatchNormFunction.apply(x, weight, bias, running_mean, running_var,
                                                  training, momentum, eps, activation, counter)
     return TritonBatchNormFunction.apply(x, weight, bias, running_mean, running_var, training,
