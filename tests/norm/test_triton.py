@@ -95,6 +95,36 @@ def test_loops_over_several_tiles_match_torch(shape):
     assert_steps_match(shape, "relu")
 
 
+@pytest.mark.parametrize("shape, memory_format", [
+    ((6, 5, 4, 3), torch.channels_last), ((3, 4, 2, 3, 5), torch.channels_last_3d)])
+@pytest.mark.parametrize("activation", [None, "sigmoid"])
+def test_channels_last_runs_as_rows_and_matches_torch(shape, memory_format, activation):
+    ours_cls, torch_cls = ((bnlab.BatchNorm2d, nn.BatchNorm2d) if len(shape) == 4
+                           else (bnlab.BatchNorm3d, nn.BatchNorm3d))
+    ours, theirs = ours_cls(shape[1], activation=activation), torch_cls(shape[1])
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5)
+        theirs.bias.uniform_(-1, 1)
+    ours.load_state_dict(theirs.state_dict())
+    act = torch.sigmoid if activation else (lambda t: t)
+    x = torch.randn(shape) * 3 + 1
+    dy = torch.randn(shape)  # a contiguous gradient for the channels-last output
+    xa = x.contiguous(memory_format=memory_format).requires_grad_()
+    xb = x.clone().requires_grad_()
+    ya, yb = ours(xa), act(theirs(xb))
+    assert "TritonBatchNormFunction" in ya.grad_fn.name()
+    assert ya.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+    ya.backward(dy)
+    yb.backward(dy)
+    assert xa.grad.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+
+
 def test_cumulative_momentum_matches_torch():
     assert_steps_match((8, 3, 4, 4), momentum=None, steps=3)
 
@@ -201,3 +231,24 @@ def test_cuda_half_matches_torch(dtype, monkeypatch):
     x = torch.randn(32, 8, 10, 10, device="cuda", dtype=dtype)
     with torch.autocast("cuda", enabled=False):
         torch.testing.assert_close(ours(x).float(), theirs(x.float()), rtol=2e-2, atol=2e-2)
+
+
+@cuda_only
+@pytest.mark.parametrize("shape", [(64, 6, 24, 24), (256, 64, 56, 56), (8, 3, 4, 5, 6)])
+def test_cuda_channels_last_matches_torch(shape, monkeypatch):
+    monkeypatch.setenv("BNLAB_KERNEL", "auto")
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    ours = (bnlab.BatchNorm2d if len(shape) == 4 else bnlab.BatchNorm3d)(shape[1]).cuda()
+    theirs = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm3d)(shape[1]).cuda()
+    x = torch.randn(shape, device="cuda").contiguous(memory_format=fmt)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    assert "TritonBatchNormFunction" in ya.grad_fn.name()
+    assert ya.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)
+    dy = torch.randn_like(x)
+    ya.backward(dy)
+    yb.backward(dy)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)

@@ -75,11 +75,35 @@ def triton_status() -> str:
     return reason
 
 
+def _channels_last_format(x: Tensor) -> torch.memory_format | None:
+    """channels_last (4-D) or channels_last_3d (5-D) where ``x`` is laid out so (and is not
+    also plain contiguous, as size-1 dims allow); else None."""
+    dim = x.dim()
+    if dim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if dim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
+
+
+def _kernel_shape(x: Tensor) -> tuple[int, int, int, torch.memory_format]:
+    """``(n, c, s, format)``: the kernels see ``x`` as (n, c, s) in memory — planar (N, C,
+    S) when contiguous, rows (N * S, C, 1) when channels-last — and ``format`` is the
+    memory format gradients must share with it."""
+    n, c = x.shape[0], x.shape[1]
+    s = x.numel() // (n * c)
+    if s > 1 and not x.is_contiguous():
+        return n * s, c, 1, _channels_last_format(x)
+    return n, c, s, torch.contiguous_format
+
+
 def triton_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
-    """The Triton kernels take contiguous float32/float16/bfloat16 input on a CUDA device
-    (any device under the interpreter), with contiguous (C,) tensors on the same device."""
-    if x.dtype not in _DTYPES or not x.is_contiguous() or type(x) not in (Tensor,
-                                                                          torch.nn.Parameter):
+    """The Triton kernels take float32/float16/bfloat16 input on a CUDA device (any device
+    under the interpreter), contiguous or channels-last, with contiguous (C,) tensors on the
+    same device."""
+    if x.dtype not in _DTYPES or type(x) not in (Tensor, torch.nn.Parameter):
+        return False
+    if not x.is_contiguous() and _channels_last_format(x) is None:
         return False
     if not (x.is_cuda or interpreting()):
         return False
@@ -164,9 +188,8 @@ def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     ``invstd``: batch statistics (moving the running ones when given, counting the batch in
     ``counter``) or the running ones."""
     k = triton_ops()
-    n, c = x.shape[0], x.shape[1]
-    s = x.numel() // (n * c)
-    y = torch.empty_like(x)
+    n, c, s, _ = _kernel_shape(x)
+    y = torch.empty_like(x)  # in x's memory format
     stats = torch.empty(2, c, device=x.device, dtype=torch.float32)
     p = plan(n, c, s, batch_statistics, 2048)
     stats_mode = k.LOCAL if batch_statistics else k.RUNNING
@@ -208,9 +231,8 @@ def backward(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
                                                       Tensor | None]:
     """``(dx, dweight, dbias)`` (None where not needed) for the output gradient ``dy``."""
     k = triton_ops()
-    dy = dy.contiguous()
-    n, c = x.shape[0], x.shape[1]
-    s = x.numel() // (n * c)
+    n, c, s, memory_format = _kernel_shape(x)
+    dy = dy.contiguous(memory_format=memory_format)
     need_x, need_w, need_b = needs
     dx = torch.empty_like(x) if need_x else None
     dw = torch.empty_like(weight) if weight is not None else None
