@@ -85,9 +85,10 @@ def interleaved(ours: Callable[[], float], theirs: Callable[[], float],
     return r.ratios, r.candidate_s, r.baseline_s
 
 
-def parity(ours: nn.Module, theirs: nn.Module, shape: tuple[int, ...]) -> float:
+def parity(ours: nn.Module, theirs: nn.Module, shape: tuple[int, ...],
+           memory_format: torch.memory_format = torch.contiguous_format) -> float:
     """Largest |difference| of outputs and input gradients over one training step."""
-    x = torch.randn(shape, device="cuda")
+    x = torch.randn(shape, device="cuda").contiguous(memory_format=memory_format)
     dy = torch.randn(shape, device="cuda")
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = ours(xa), theirs(xb)
@@ -114,19 +115,21 @@ def kernel_names(step: Callable[[], None]) -> list[str]:
     return rows
 
 
-def measure(shape: tuple[int, ...], repeats: int) -> dict:
+def measure(shape: tuple[int, ...], repeats: int,
+            memory_format: torch.memory_format = torch.contiguous_format) -> dict:
     big = torch.Size(shape).numel() > 10**7
     torch.manual_seed(0)
     ours, theirs = layer_pair(shape, "cuda")
-    x = torch.randn(shape, device="cuda", requires_grad=True)
-    dy = torch.randn(shape, device="cuda")
+    x = torch.randn(shape, device="cuda").contiguous(memory_format=memory_format)
+    x.requires_grad_()
+    dy = torch.randn(shape, device="cuda").contiguous(memory_format=memory_format)
     mine, torchs = step_fn(ours, x, dy), step_fn(theirs, x, dy)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     mine()
     torch.cuda.synchronize()
     first_s = time.perf_counter() - t0
-    err = parity(*layer_pair(shape, "cuda"), shape)
+    err = parity(*layer_pair(shape, "cuda"), shape, memory_format)
     iters = 20 if big else 200
     eager = interleaved(lambda: eager_seconds(mine, iters),
                         lambda: eager_seconds(torchs, iters), repeats)
@@ -141,7 +144,8 @@ def measure(shape: tuple[int, ...], repeats: int) -> dict:
         kernels = (kernel_names(mine), kernel_names(torchs))
     except Exception as e:  # the profiler's API moves between torch versions
         kernels = ([f"profiler failed: {e}"], [])
-    return {"shape": shape, "eager": eager, "graph": graph, "first_s": first_s,
+    label = shape if memory_format == torch.contiguous_format else f"{shape} channels-last"
+    return {"shape": label, "eager": eager, "graph": graph, "first_s": first_s,
             "max_abs_diff": err, "kernels": kernels}
 
 
@@ -222,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("benchmarks.gpu needs a CUDA GPU")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, "
           f"cuDNN {torch.backends.cudnn.version()}; bnlab: {triton_status()}")
-    print_table([measure(shape, args.repeats) for shape in SHAPES])
+    rows = [measure(shape, args.repeats) for shape in SHAPES]
+    rows.append(measure(SHAPES[-1], args.repeats, torch.channels_last))
+    print_table(rows)
     if args.overhead:
         overhead()
 
