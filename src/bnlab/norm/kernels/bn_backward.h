@@ -6,27 +6,43 @@
 // Rows layout, per channel: sum(dz) and sum(dz * (x - mean)), where dz = dy, or with an
 // activation dz = dy * act'(z), z = (x - mean) * scale + shift recomputed from x and written
 // to dz_out.
+template <int ACT, typename T, int64_t W>
+inline void rows_grad_tile(const T* x, const T* dy, T* dz_out, const T* m, const T* sc,
+                           const T* sh, int64_t C, int64_t r0, int64_t r1, int64_t c0,
+                           int64_t width, double* a, double* b) {
+  const int64_t n = W > 0 ? W : width;  // W: a fixed width the compiler can unroll
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* p = x + r * C + c0;
+    const T* g = dy + r * C + c0;
+    T* o = ACT != kActNone ? dz_out + r * C + c0 : nullptr;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      T gj = g[j];
+      if constexpr (ACT != kActNone) {
+        gj *= activate_slope<ACT>((p[j] - m[j]) * sc[j] + sh[j]);
+        o[j] = gj;
+      }
+      a[j] += static_cast<double>(gj);
+      b[j] += static_cast<double>(gj) * (static_cast<double>(p[j]) - m[j]);
+    }
+  }
+}
+
 template <int ACT, typename T>
 void rows_grad_sums(const T* x, const T* dy, const T* mean, const Layout& lay,
                     std::vector<double>& sdy, std::vector<double>& sdyx, T* dz_out = nullptr,
                     const T* scale = nullptr, const T* shift = nullptr) {
   const int64_t M = lay.n, C = lay.c;
   std::vector<double> both;
-  rows_reduce(M, C, 2, both, [&](int64_t r, double* acc) {
-    const T* p = x + r * C;
-    const T* g = dy + r * C;
-    T* o = dz_out + r * C;
-    double* a = acc;
-    double* b = acc + C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      T gc = g[c];
-      if constexpr (ACT != kActNone) {
-        gc *= activate_slope<ACT>((p[c] - mean[c]) * scale[c] + shift[c]);
-        o[c] = gc;
-      }
-      a[c] += static_cast<double>(gc);
-      b[c] += static_cast<double>(gc) * (static_cast<double>(p[c]) - mean[c]);
+  rows_reduce(M, C, both, [&](int64_t r0, int64_t r1, int64_t c0, int64_t width,
+                              double* a, double* b) {
+    const T* sc = ACT != kActNone ? scale + c0 : nullptr;
+    const T* sh = ACT != kActNone ? shift + c0 : nullptr;
+    if (width == kLanes) {  // the common case: a fixed trip count, vectorized fully
+      rows_grad_tile<ACT, T, kLanes>(x, dy, dz_out, mean + c0, sc, sh, C, r0, r1, c0, width,
+                                     a, b);
+    } else {
+      rows_grad_tile<ACT, T, 0>(x, dy, dz_out, mean + c0, sc, sh, C, r0, r1, c0, width, a, b);
     }
   });
   sdy.assign(both.begin(), both.begin() + C);

@@ -35,24 +35,43 @@ Tensor like_layout(const Tensor& t, const Tensor& x, const Layout& lay) {
   return t.contiguous();
 }
 
-// Rows layout: per-thread partial sums over row blocks, vectorized across channels.
+// Rows layout: per-channel sums over rows. Threads take blocks of rows; each walks its rows
+// in tiles of kTileRows, and within a tile channel block by channel block (kLanes channels),
+// handing ``tile_fn(r0, r1, c0, width, a, b)`` two kLanes-wide accumulators to fill with
+// that block's sums over rows [r0, r1) — small fixed-size arrays the compiler keeps in
+// vector registers, where a row-at-a-time loop would load and store every channel's
+// accumulators for every row. The tile's sums are added to the thread's partial sums, and
+// those across threads into ``out`` (C values of a, then C of b).
+constexpr int64_t kLanes = 16, kTileRows = 64;
+
 template <typename F>
-void rows_reduce(int64_t M, int64_t C, int nacc, std::vector<double>& out, F&& row_fn) {
+void rows_reduce(int64_t M, int64_t C, std::vector<double>& out, F&& tile_fn) {
   const int threads = at::get_num_threads();
-  std::vector<double> partial(static_cast<size_t>(threads) * nacc * C, 0.0);
+  std::vector<double> partial(static_cast<size_t>(threads) * 2 * C, 0.0);
   std::vector<char> used(threads, 0);
   at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)),
-                   [&](int64_t r0, int64_t r1) {
+                   [&](int64_t m0, int64_t m1) {
     const int t = at::get_thread_num();
     used[t] = 1;
-    double* acc = partial.data() + static_cast<size_t>(t) * nacc * C;
-    for (int64_t r = r0; r < r1; ++r) row_fn(r, acc);
+    double* acc = partial.data() + static_cast<size_t>(t) * 2 * C;
+    for (int64_t r0 = m0; r0 < m1; r0 += kTileRows) {
+      const int64_t r1 = std::min(m1, r0 + kTileRows);
+      for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+        double a[kLanes] = {}, b[kLanes] = {};
+        const int64_t width = std::min(kLanes, C - c0);
+        tile_fn(r0, r1, c0, width, a, b);
+        for (int64_t j = 0; j < width; ++j) {
+          acc[c0 + j] += a[j];
+          acc[C + c0 + j] += b[j];
+        }
+      }
+    }
   });
-  out.assign(static_cast<size_t>(nacc) * C, 0.0);
+  out.assign(static_cast<size_t>(2) * C, 0.0);
   for (int t = 0; t < threads; ++t) {
     if (!used[t]) continue;
-    const double* acc = partial.data() + static_cast<size_t>(t) * nacc * C;
-    for (int64_t j = 0; j < nacc * C; ++j) out[j] += acc[j];
+    const double* acc = partial.data() + static_cast<size_t>(t) * 2 * C;
+    for (int64_t j = 0; j < 2 * C; ++j) out[j] += acc[j];
   }
 }
 

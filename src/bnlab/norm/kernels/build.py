@@ -26,8 +26,9 @@ SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 COMMON_HEADERS = [Path(__file__).with_name("autograd_node.h")]
 # -fopenmp: ATen's parallel_for is an inline OpenMP region; the library then resolves
 # libgomp.so.1 to the copy torch has already loaded (one OpenMP runtime per process).
+# -fno-math-errno: std::sqrt may then vectorize (nothing here reads errno).
 FLAGS = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-march=native",
-         "-Wno-unused-parameter"]
+         "-fno-math-errno", "-Wno-unused-parameter"]
 
 
 def cache_dir() -> Path:

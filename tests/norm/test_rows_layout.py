@@ -1,0 +1,59 @@
+"""The (rows, channels) layout — 2-D input and channels-last input — at shapes that reach
+every branch of its reductions: channel blocks of 16 (full and partial), several tiles of
+64 rows, and inputs large enough to be split between threads."""
+
+import pytest
+import torch
+from torch import nn
+
+import bnlab
+
+SHAPES = [(64, 120), (64, 16), (200, 37), (700, 50), (3, 5)]
+
+
+def _step(ours, theirs, x, dy):
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-10, atol=1e-10)
+    ya.backward(dy)
+    yb.backward(dy)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-9, atol=1e-10)
+    return xa.grad
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", [None, "sigmoid"])
+def test_rows_match_torch_in_float64(shape, activation):
+    c = shape[1]
+    gen = torch.Generator().manual_seed(c)
+    theirs = nn.BatchNorm1d(c, dtype=torch.float64)
+    with torch.no_grad():
+        theirs.weight.copy_(torch.rand(c, generator=gen, dtype=torch.float64) + 0.5)
+        theirs.bias.copy_(torch.randn(c, generator=gen, dtype=torch.float64))
+    ours = bnlab.BatchNorm1d(c, dtype=torch.float64, activation=activation)
+    ours.load_state_dict(theirs.state_dict())
+    reference = nn.Sequential(theirs, nn.Sigmoid() if activation else nn.Identity())
+    # Offset far from zero: the shifted sums must not cancel.
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 100
+    dy = torch.randn(shape, generator=gen, dtype=torch.float64)
+    _step(ours, reference, x, dy)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-12, atol=1e-12)
+
+
+def test_channels_last_rows_match_torch_in_float32():
+    # (N * H * W, C) = (1200, 40) rows: several tiles, split between threads.
+    theirs = nn.BatchNorm2d(40)
+    ours = bnlab.BatchNorm2d(40)
+    x = torch.randn(12, 40, 10, 10).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(12, 40, 10, 10)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+    ya.backward(dy)
+    yb.backward(dy)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
