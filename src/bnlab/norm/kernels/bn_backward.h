@@ -82,21 +82,31 @@ void planar_backward(const T* x, const T* dy, T* dx, const Layout& lay, const T*
       const double md = mean[c];
       const T m = mean[c], is = invstd[c];
       const T sc = w ? is * w[c] : is, sh = b ? b[c] : T(0);
-      double a = 0.0, bb = 0.0;
+      double la[kSpan] = {}, lb[kSpan] = {};  // independent accumulators: see kSpan
+      auto term = [&](const T* p, const T* g, T* o, int64_t i, int64_t j) {
+        T gi = g[i];
+        if constexpr (ACT != kActNone) {
+          gi *= activate_slope<ACT>((p[i] - m) * sc + sh);
+          if (o) o[i] = gi;
+        }
+        la[j] += static_cast<double>(gi);
+        lb[j] += static_cast<double>(gi) * (static_cast<double>(p[i]) - md);
+      };
       for (int64_t n = 0; n < N; ++n) {
         const T* p = x + (n * C + c) * L;
         const T* g = dy + (n * C + c) * L;
         T* o = dx ? dx + (n * C + c) * L : nullptr;
-#pragma omp simd reduction(+ : a, bb)
-        for (int64_t i = 0; i < L; ++i) {
-          T gi = g[i];
-          if constexpr (ACT != kActNone) {
-            gi *= activate_slope<ACT>((p[i] - m) * sc + sh);
-            if (o) o[i] = gi;
-          }
-          a += static_cast<double>(gi);
-          bb += static_cast<double>(gi) * (static_cast<double>(p[i]) - md);
+        int64_t i = 0;
+        for (; i + kSpan <= L; i += kSpan) {
+#pragma omp simd
+          for (int64_t j = 0; j < kSpan; ++j) term(p, g, o, i + j, j);
         }
+        for (int64_t j = 0; i < L; ++i, ++j) term(p, g, o, i, j);
+      }
+      double a = 0.0, bb = 0.0;
+      for (int64_t j = 0; j < kSpan; ++j) {
+        a += la[j];
+        bb += lb[j];
       }
       sdy[c] = a;
       sdyx[c] = bb;

@@ -123,15 +123,28 @@ void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const
                    [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const double k = static_cast<double>(x[c * L]);
-      double a = 0.0, bb = 0.0;
+      double la[kSpan] = {}, lb[kSpan] = {};  // independent accumulators: see kSpan
       for (int64_t n = 0; n < N; ++n) {
         const T* p = x + (n * C + c) * L;
-#pragma omp simd reduction(+ : a, bb)
-        for (int64_t i = 0; i < L; ++i) {
-          const double d = static_cast<double>(p[i]) - k;
-          a += d;
-          bb += d * d;
+        int64_t i = 0;
+        for (; i + kSpan <= L; i += kSpan) {
+#pragma omp simd
+          for (int64_t j = 0; j < kSpan; ++j) {
+            const double d = static_cast<double>(p[i + j]) - k;
+            la[j] += d;
+            lb[j] += d * d;
+          }
         }
+        for (int64_t j = 0; i < L; ++i, ++j) {
+          const double d = static_cast<double>(p[i]) - k;
+          la[j] += d;
+          lb[j] += d * d;
+        }
+      }
+      double a = 0.0, bb = 0.0;
+      for (int64_t j = 0; j < kSpan; ++j) {
+        a += la[j];
+        bb += lb[j];
       }
       const double d = a / count;
       const double var = std::max(0.0, (bb - a * d) / count);

@@ -44,6 +44,11 @@ Tensor like_layout(const Tensor& t, const Tensor& x, const Layout& lay) {
 // those across threads into ``out`` (C values of a, then C of b).
 constexpr int64_t kLanes = 16, kTileRows = 64;
 
+// Planar layout: a channel's sums run over spans of kSpan values into kSpan separate double
+// accumulators (four AVX-512 registers each), so consecutive additions do not wait on one
+// another; a single vector accumulator made every span wait for the previous one's add.
+constexpr int64_t kSpan = 32;
+
 template <typename F>
 void rows_reduce(int64_t M, int64_t C, std::vector<double>& out, F&& tile_fn) {
   const int threads = at::get_num_threads();

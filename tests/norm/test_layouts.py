@@ -1,6 +1,8 @@
-"""The (rows, channels) layout — 2-D input and channels-last input — at shapes that reach
-every branch of its reductions: channel blocks of 16 (full and partial), several tiles of
-64 rows, and inputs large enough to be split between threads."""
+"""Both memory layouts at shapes that reach every branch of their reductions, in float64
+against torch. Rows ((M, C): 2-D and channels-last input): channel blocks of 16 (full and
+partial), several tiles of 64 rows, inputs large enough to be split between threads.
+Planar ((N, C, L)): runs of L shorter than, equal to and longer than a 32-value span, with
+and without a remainder."""
 
 import pytest
 import torch
@@ -8,7 +10,8 @@ from torch import nn
 
 import bnlab
 
-SHAPES = [(64, 120), (64, 16), (200, 37), (700, 50), (3, 5)]
+SHAPES = [(64, 120), (64, 16), (200, 37), (700, 50), (3, 5),
+          (5, 3, 7, 9), (4, 2, 32), (3, 2, 100, 3), (6, 4, 5)]
 
 
 def _step(ours, theirs, x, dy):
@@ -23,14 +26,15 @@ def _step(ours, theirs, x, dy):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("activation", [None, "sigmoid"])
-def test_rows_match_torch_in_float64(shape, activation):
+def test_layouts_match_torch_in_float64(shape, activation):
     c = shape[1]
     gen = torch.Generator().manual_seed(c)
-    theirs = nn.BatchNorm1d(c, dtype=torch.float64)
+    theirs = (nn.BatchNorm1d if len(shape) < 4 else nn.BatchNorm2d)(c, dtype=torch.float64)
     with torch.no_grad():
         theirs.weight.copy_(torch.rand(c, generator=gen, dtype=torch.float64) + 0.5)
         theirs.bias.copy_(torch.randn(c, generator=gen, dtype=torch.float64))
-    ours = bnlab.BatchNorm1d(c, dtype=torch.float64, activation=activation)
+    ours_cls = bnlab.BatchNorm1d if len(shape) < 4 else bnlab.BatchNorm2d
+    ours = ours_cls(c, dtype=torch.float64, activation=activation)
     ours.load_state_dict(theirs.state_dict())
     reference = nn.Sequential(theirs, nn.Sigmoid() if activation else nn.Identity())
     # Offset far from zero: the shifted sums must not cancel.
