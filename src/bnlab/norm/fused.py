@@ -9,14 +9,13 @@ Same contract and saved tensors as the reference
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 from torch import Tensor
 
 from . import gpu
-from .kernels import KernelUnavailable, cpu_ops
+from .kernels import KernelUnavailable, batch_norm_op, cpu_ops
 
 KERNELS = ("auto", "fused", "triton", "reference")
 # The fused kernels' codes for the activations they can apply after the affine transform.
@@ -40,13 +39,8 @@ def fused_batch_norm(
     """``F.batch_norm``'s computation on the fused kernels (inputs already validated),
     followed in the same pass by ``activation`` (None, "relu" or "sigmoid"); in training
     ``num_batches_tracked`` (when given) is incremented in place."""
-    return _fused_op()(x, weight, bias, running_mean, running_var, training, momentum, eps,
-                       ACTIVATIONS[activation], num_batches_tracked)
-
-
-@functools.lru_cache(maxsize=1)
-def _fused_op():
-    return cpu_ops(required=True).batch_norm.default
+    return batch_norm_op()(x, weight, bias, running_mean, running_var, training, momentum,
+                           eps, ACTIVATIONS[activation], num_batches_tracked)
 
 
 def requested_kernel(kernel: str | None) -> str:

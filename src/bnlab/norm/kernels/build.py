@@ -2,7 +2,9 @@
 
 Each shared library is built with the system C++ compiler straight from one source file
 (``cpu_kernels.cpp`` here, which includes the ``bn_*.h`` parts beside it; bnlab.models has
-its own kernels): no ninja, no pybind, the ops register themselves with torch's dispatcher.
+its own kernels): no ninja, the ops register themselves with torch's dispatcher. One small
+library is also a Python module (``fast_entry.cpp``, pybind11 as torch ships it): built
+with Python's headers, and optional.
 Libraries go to ``$BNLAB_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/bnlab/kernels``) under a
 hash of the source and the headers beside it, the torch version, the flags and the CPU
 (``-march=native``), moved into place atomically so concurrent builds are safe.
@@ -11,11 +13,13 @@ hash of the source and the headers beside it, the torch version, the flags and t
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -38,18 +42,21 @@ def cache_dir() -> Path:
     return Path(base) / "bnlab" / "kernels"
 
 
-def _command(source: Path, output: Path) -> list[str]:
+def _command(source: Path, output: Path, python: bool = False) -> list[str]:
     from torch.utils import cpp_extension
 
     compiler = os.environ.get("CXX", "c++")
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     includes = [f"-I{p}" for p in cpp_extension.include_paths()]
     includes.append(f"-I{COMMON_HEADERS[0].parent}")
+    libs = ["-lc10", "-ltorch_cpu", "-ltorch"]
+    if python:  # a Python extension module: Python's headers, torch's Python bindings
+        includes.append(f"-I{sysconfig.get_paths()['include']}")
+        libs.append("-ltorch_python")
     libdirs = cpp_extension.library_paths()
     return [
         compiler, str(source), "-o", str(output), *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-        *includes, *[f"-L{d}" for d in libdirs], *[f"-Wl,-rpath,{d}" for d in libdirs],
-        "-lc10", "-ltorch_cpu", "-ltorch",
+        *includes, *[f"-L{d}" for d in libdirs], *[f"-Wl,-rpath,{d}" for d in libdirs], *libs,
     ]
 
 
@@ -69,9 +76,12 @@ def cpu_signature() -> str:
     return "\n".join(lines) or platform.processor() or platform.machine()
 
 
-def library_path(source: Path = SOURCE) -> Path:
-    """Where the library for ``source``, this torch build, the flags and the CPU lives."""
+def library_path(source: Path = SOURCE, python: bool = False) -> Path:
+    """Where the library for ``source``, this torch build, the flags and the CPU lives
+    (``python``: a Python extension module, also keyed by the interpreter's ABI)."""
     key = hashlib.sha256()
+    if python:
+        key.update(f"python {sysconfig.get_config_var('EXT_SUFFIX')}".encode())
     key.update(source.read_bytes())
     # the parts it includes
     for header in sorted({*source.parent.glob("*.h"), *COMMON_HEADERS}):
@@ -84,10 +94,10 @@ def library_path(source: Path = SOURCE) -> Path:
     return cache_dir() / key.hexdigest()[:16] / f"bnlab_{source.stem}.so"
 
 
-def build(source: Path = SOURCE, verbose: bool = False) -> Path:
+def build(source: Path = SOURCE, verbose: bool = False, python: bool = False) -> Path:
     """Compile ``source`` unless its library is cached; returns the library's path.
     Raises RuntimeError."""
-    target = library_path(source)
+    target = library_path(source, python)
     if target.exists():
         return target
     if shutil.which(os.environ.get("CXX", "c++")) is None:
@@ -96,7 +106,8 @@ def build(source: Path = SOURCE, verbose: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
     os.close(fd)
     try:
-        proc = subprocess.run(_command(source, Path(tmp)), capture_output=True, text=True)
+        proc = subprocess.run(_command(source, Path(tmp), python), capture_output=True,
+                              text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"compiling {source.name} failed:\n{proc.stderr[-4000:]}")
         if verbose and proc.stderr:
@@ -118,3 +129,18 @@ def load_ops(source: Path, namespace: str) -> tuple[object | None, str]:
         return None, f"{type(err).__name__}: {err}"
     return getattr(torch.ops, namespace), f"loaded {path}"
 
+
+def load_module(source: Path) -> tuple[object | None, str]:
+    """Build ``source`` as a Python extension module (its ``PYBIND11_MODULE`` name must be
+    the library's file name, ``bnlab_<stem>``) and import it: ``(module, "loaded <path>")``,
+    or ``(None, reason)`` on any failure (no Python headers, say)."""
+    try:
+        if not Path(sysconfig.get_paths()["include"], "Python.h").is_file():
+            raise RuntimeError("Python's headers (Python.h) are not installed")
+        path = build(source, python=True)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as err:
+        return None, f"{type(err).__name__}: {err}"
+    return module, f"loaded {path}"

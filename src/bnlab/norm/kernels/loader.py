@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
-from .build import SOURCE, load_ops
+from .build import SOURCE, load_module, load_ops
+
+FAST_ENTRY = Path(__file__).with_name("fast_entry.cpp")
 
 
 class KernelUnavailable(RuntimeError):
@@ -25,6 +28,24 @@ def cpu_ops(required: bool = False):
     return ops
 
 
+@functools.lru_cache(maxsize=1)
+def _load_fast_entry() -> tuple[object | None, str]:
+    if cpu_ops() is None:
+        return None, "needs the fused kernels"
+    return load_module(FAST_ENTRY)
+
+
+@functools.lru_cache(maxsize=1)
+def batch_norm_op():
+    """A callable for ``torch.ops.bnlab.batch_norm`` (its arguments, positionally): the
+    fast entry (fast_entry.cpp: no boxed call, ~2 µs less per call) where it builds, else
+    the op itself. Raises :class:`KernelUnavailable` when the fused kernels cannot be had."""
+    ops = cpu_ops(required=True)
+    module = _load_fast_entry()[0]
+    return ops.batch_norm.default if module is None else module.batch_norm
+
+
 def kernel_status() -> str:
-    """One line: where the fused kernels were loaded from, or why they were not."""
-    return _load()[1]
+    """One line: where the fused kernels were loaded from, or why they were not (and the
+    same for their fast Python entry)."""
+    return f"{_load()[1]}; fast entry: {_load_fast_entry()[1]}"
