@@ -60,3 +60,16 @@ def test_fused_op_checks_the_counter(kernel):
     with pytest.raises(RuntimeError, match="num_batches_tracked must be a one-element int64"):
         BF.batch_norm(torch.randn(4, 3), None, None, training=True,
                       num_batches_tracked=torch.zeros(1))
+
+
+def test_the_fused_op_counts_only_a_batch_it_accepts(kernel):
+    if kernel != "fused":
+        pytest.skip("the fused op's own check")
+    counter = torch.tensor(0)
+    with pytest.raises(RuntimeError, match="more than 1 value per channel"):
+        torch.ops.bnlab.batch_norm(torch.randn(1, 3), None, None, None, None, True, 0.1, 1e-5,
+                                   0, counter)
+    assert counter.item() == 0
+    torch.ops.bnlab.batch_norm(torch.randn(2, 3), None, None, None, None, True, 0.1, 1e-5, 0,
+                               counter)
+    assert counter.item() == 1

@@ -167,13 +167,16 @@ struct BatchNormBackward : public torch::autograd::Node {
   }
 };
 
-// num_batches_tracked += 1, in place (a module's counter; cheaper here than a Python call).
-void count_batch(const Tensor& counter) {
+// A module's batch counter (num_batches_tracked), incremented by the op in training.
+void check_counter(const Tensor& counter) {
   TORCH_CHECK(counter.scalar_type() == at::kLong && counter.numel() == 1 && counter.is_cpu(),
               "bnlab: num_batches_tracked must be a one-element int64 CPU tensor");
-  Tensor c = counter.is_contiguous() ? counter : counter.contiguous();
-  TORCH_CHECK(c.is_same(counter), "bnlab: num_batches_tracked must be contiguous");
-  c.data_ptr<int64_t>()[0] += 1;
+  TORCH_CHECK(counter.is_contiguous(), "bnlab: num_batches_tracked must be contiguous");
+}
+
+// num_batches_tracked += 1, in place (cheaper here than a Python call).
+void count_batch(const Tensor& counter) {
+  counter.data_ptr<int64_t>()[0] += 1;
   if (!counter.is_inference()) torch::autograd::impl::bump_version(counter);
 }
 
@@ -185,7 +188,8 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
                   const c10::optional<Tensor>& running_var, bool training, double momentum,
                   double eps, int64_t activation,
                   const c10::optional<Tensor>& num_batches_tracked) {
-  if (training && defined(num_batches_tracked)) count_batch(*num_batches_tracked);
+  const bool count = training && defined(num_batches_tracked);
+  if (count) check_counter(*num_batches_tracked);
   Tensor y, mean, invstd;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -198,6 +202,9 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
       mean = running_mean->clone();  // a later training step updates the buffer in place
     }
   }
+  // Counted once the forward (whose checks come first) has succeeded: a rejected call
+  // leaves the counter as it was.
+  if (count) count_batch(*num_batches_tracked);
   if (training) {
     if (defined(running_mean)) torch::autograd::impl::bump_version(*running_mean);
     if (defined(running_var)) torch::autograd::impl::bump_version(*running_var);

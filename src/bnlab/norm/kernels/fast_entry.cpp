@@ -13,7 +13,7 @@
 namespace {
 
 using at::Tensor;
-using OptTensor = std::optional<Tensor>;
+using OptTensor = c10::optional<Tensor>;  // as cpu_kernels.cpp registers it (torch < 2.4: not std::)
 using BatchNormSig = Tensor(const Tensor&, const OptTensor&, const OptTensor&,
                             const OptTensor&, const OptTensor&, bool, double, double,
                             int64_t, const OptTensor&);
