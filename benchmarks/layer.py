@@ -1,6 +1,6 @@
 """Target 1: one batch-norm layer, forward + backward in training mode, bnlab vs torch.
 
-Run: ``python -m benchmarks.layer [--repeats 7] [--quick]``. Per repeat each side runs 400
+Run: ``python -m benchmarks.layer [--repeats 11] [--quick]``. Per repeat each side runs 400
 iterations on the small shapes, 50 on the LeNet-sized conv shapes and 3 on the large one.
 """
 
@@ -64,7 +64,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--quick", action="store_true", help="skip the (256,64,56,56) shape")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

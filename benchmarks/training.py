@@ -209,7 +209,7 @@ def memory_and_throughput(repeats: int) -> None:
 
 
 def epoch_table(repeats: int) -> None:
-    runs = end_to_end(max(3, repeats // 2))
+    runs = end_to_end(max(3, repeats))
     print("\nTarget 4: one epoch (batch 64, real data, training + test evaluation), seconds")
     print("| measured | notebook approach | bnlab train, bnlab BN | bnlab train, no BN | "
           "notebook / bnlab | bnlab / no-BN |")
