@@ -97,9 +97,17 @@ def _check_args(
     if x.dim() < 2:
         raise ValueError(f"batch_norm expects input of shape (N, C, *), got {x.dim()}D input")
     channels = x.shape[1]
-    for t in (running_mean, running_var, weight, bias):
+    for name, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
         if t is not None and t.numel() != channels:
-            _raise_channel_mismatch(x, running_mean, running_var, weight, bias)
+            raise ValueError(
+                f"channel mismatch: input has {channels} channels (dim 1 of shape "
+                f"{tuple(x.shape)}) but {name} has {t.numel()} elements"
+            )
     if not training and (running_mean is None or running_var is None):
         raise ValueError("running_mean and running_var must be given when training=False")
     if training:
@@ -108,16 +116,6 @@ def _check_args(
             raise ValueError(
                 "Expected more than 1 value per channel when training, "
                 f"got input size {tuple(x.shape)}"
-            )
-
-
-def _raise_channel_mismatch(x: Tensor, *tensors: Tensor | None) -> None:
-    channels = x.shape[1]
-    for name, t in zip(("running_mean", "running_var", "weight", "bias"), tensors):
-        if t is not None and t.numel() != channels:
-            raise ValueError(
-                f"channel mismatch: input has {channels} channels (dim 1 of shape "
-                f"{tuple(x.shape)}) but {name} has {t.numel()} elements"
             )
 
 
