@@ -190,6 +190,10 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
                   const c10::optional<Tensor>& num_batches_tracked) {
   const bool count = training && defined(num_batches_tracked);
   if (count) check_counter(*num_batches_tracked);
+  torch::autograd::variable_list inputs{x};
+  if (defined(weight)) inputs.push_back(*weight);
+  if (defined(bias)) inputs.push_back(*bias);
+  const bool record = torch::autograd::compute_requires_grad(inputs);
   Tensor y, mean, invstd;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -199,7 +203,8 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
     } else {
       std::tie(y, invstd) =
           forward_eval(x, *running_mean, *running_var, weight, bias, eps, activation);
-      mean = running_mean->clone();  // a later training step updates the buffer in place
+      // Saved for backward as it is now: a later training step updates the buffer in place.
+      if (record) mean = running_mean->clone();
     }
   }
   // Counted once the forward (whose checks come first) has succeeded: a rejected call
@@ -209,10 +214,7 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
     if (defined(running_mean)) torch::autograd::impl::bump_version(*running_mean);
     if (defined(running_var)) torch::autograd::impl::bump_version(*running_var);
   }
-  torch::autograd::variable_list inputs{x};
-  if (defined(weight)) inputs.push_back(*weight);
-  if (defined(bias)) inputs.push_back(*bias);
-  if (!torch::autograd::compute_requires_grad(inputs)) return y;
+  if (!record) return y;
   auto node = bnlab::make_node<BatchNormBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(inputs));
   // Saved: the input and two (C,) statistics, as torch's kernel saves; the rest (with an
