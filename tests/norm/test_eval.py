@@ -18,7 +18,7 @@ def test_fused_eval_backward_uses_the_statistics_its_forward_saw(kernel):
         layer.weight.uniform_(0.5, 1.5)
         layer.running_mean.uniform_(-1, 1)
         layer.running_var.uniform_(0.5, 2)
-    rv = layer.running_var.clone()
+    rm, rv = layer.running_mean.clone(), layer.running_var.clone()
     x = torch.randn(4, 3, 5, 5, requires_grad=True)
     dy = torch.randn(4, 3, 5, 5)
     y = layer(x)
@@ -26,8 +26,12 @@ def test_fused_eval_backward_uses_the_statistics_its_forward_saw(kernel):
         layer.running_mean.add_(1)
         layer.running_var.mul_(3)
     y.backward(dy)
-    scale = (layer.weight.detach() / torch.sqrt(rv + layer.eps)).view(1, 3, 1, 1)
+    invstd = torch.rsqrt(rv + layer.eps).view(1, 3, 1, 1)
+    scale = layer.weight.detach().view(1, 3, 1, 1) * invstd
     torch.testing.assert_close(x.grad, dy * scale, rtol=1e-6, atol=1e-6)
+    xhat = (x.detach() - rm.view(1, 3, 1, 1)) * invstd
+    torch.testing.assert_close(layer.weight.grad, (dy * xhat).sum((0, 2, 3)), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_fused_eval_invstd_is_torchs_rsqrt(kernel):
