@@ -11,7 +11,7 @@ from torch import nn
 
 import bnlab
 from bnlab.norm import functional as BF
-from bnlab.norm import gpu
+from bnlab.norm import gpu, gpu_plan
 from bnlab.norm.kernels import KernelUnavailable
 
 CUDA = torch.cuda.is_available()
@@ -26,11 +26,11 @@ def only_once(kernel):
 @pytest.fixture
 def split_channels(monkeypatch):
     """Small limits, so small channels take the two-launch partial-sums path."""
-    monkeypatch.setattr(gpu, "LOCAL_LIMIT", 16)
-    monkeypatch.setattr(gpu, "MIN_PART", 16)
-    gpu.plan.cache_clear()
+    monkeypatch.setattr(gpu_plan, "LOCAL_LIMIT", 16)
+    monkeypatch.setattr(gpu_plan, "MIN_PART", 16)
+    gpu_plan.plan.cache_clear()
     yield
-    gpu.plan.cache_clear()
+    gpu_plan.plan.cache_clear()
 
 
 def pair(shape, activation=None, momentum=0.1, device="cpu"):
@@ -84,7 +84,7 @@ def assert_steps_match(shape, activation=None, dtype=torch.float32, device="cpu"
 def test_partial_sums_path_matches_torch(split_channels, shape, activation):
     n, c, *spatial = shape
     for budget in (2048, 1024):  # forward, backward
-        assert gpu.plan(n, c, torch.Size(spatial).numel(), True, budget).parts > 1  # split
+        assert gpu_plan.plan(n, c, torch.Size(spatial).numel(), True, budget).parts > 1  # split
     assert_steps_match(shape, activation)
 
 
@@ -141,7 +141,7 @@ def test_half_and_bfloat16_match_torch_to_their_rounding():
 
 def test_blocks_are_powers_of_two_and_divide_the_runs():
     for n, s in [(64, 576), (256, 3136), (64, 64), (5, 49), (3, 7), (2, 100_000)]:
-        block_n, block_s = gpu._planar_blocks(n, s, 2048)
+        block_n, block_s = gpu_plan._planar_blocks(n, s, 2048)
         assert block_n & (block_n - 1) == 0 and block_s & (block_s - 1) == 0
         assert block_n * block_s <= 2048
         if s % 32 == 0:
@@ -150,13 +150,13 @@ def test_blocks_are_powers_of_two_and_divide_the_runs():
             assert block_s >= min(s, 2048)  # a run in one tile
     for n, c, s in [(256, 64, 3136), (64, 6, 576), (1, 3, 10**6), (1000, 1, 100),
                     (65536, 64, 1), (64, 120, 1)]:
-        p = gpu.plan(n, c, s, True, 2048)
+        p = gpu_plan.plan(n, c, s, True, 2048)
         assert 1 <= p.parts <= n
         assert (p.parts - 1) * p.rows_per_part < n <= p.parts * p.rows_per_part  # rows covered
         per_part = p.rows_per_part * (min(c, p.block_x) if s == 1 else s)
-        assert p.parts == 1 or per_part >= gpu.MIN_PART
-    assert gpu.plan(65536, 64, 1, True, 2048).parts > 1  # a tall (N, C) batch is spread out
-    assert gpu.plan(64, 120, 1, True, 2048).parts == 1  # LeNet's: one launch each way
+        assert p.parts == 1 or per_part >= gpu_plan.MIN_PART
+    assert gpu_plan.plan(65536, 64, 1, True, 2048).parts > 1  # a tall (N, C) batch is spread out
+    assert gpu_plan.plan(64, 120, 1, True, 2048).parts == 1  # LeNet's: one launch each way
 
 
 def test_double_backward_matches_the_reference_path():
