@@ -32,6 +32,9 @@ Tensor batch_norm(const Tensor& x, const OptTensor& weight, const OptTensor& bia
 }  // namespace
 
 PYBIND11_MODULE(bnlab_fast_entry, m) {
+  // The GIL is released while the op runs, as torch's own bindings do (other Python threads
+  // run meanwhile; a Python dispatch mode takes it back when it needs it).
   m.def("batch_norm", &batch_norm,
-        "torch.ops.bnlab.batch_norm's arguments, positionally; the op called unboxed");
+        "torch.ops.bnlab.batch_norm's arguments, positionally; the op called unboxed",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
 }
