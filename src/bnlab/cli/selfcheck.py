@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from .. import norm
+from ..norm.gpu import triton_status
+from ..norm.kernels import kernel_status
 from .errors import CLIError
 
 CASES = [
@@ -59,6 +61,8 @@ def max_difference(name: str, shape: tuple[int, ...], steps: int, seed: int) -> 
 def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
+    # Which kernels the CPU cases below ran on, and whether CUDA tensors would get Triton.
+    print(f"bnlab kernels: {kernel_status()}; GPU: {triton_status()}\n")
     print("| layer | input shape | max difference vs torch (relative) |")
     print("|---|---|---|")
     failed = False
