@@ -61,8 +61,9 @@ def max_difference(name: str, shape: tuple[int, ...], steps: int, seed: int) -> 
 def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
-    # Which kernels the CPU cases below ran on, and whether CUDA tensors would get Triton.
-    print(f"bnlab kernels: {kernel_status()}; GPU: {triton_status()}\n")
+    # Which kernels the CPU cases below ran on, and what CUDA tensors would run on.
+    gpu = triton_status() if torch.cuda.is_available() else "no CUDA device"
+    print(f"bnlab kernels: {kernel_status()}; GPU: {gpu}\n")
     print("| layer | input shape | max difference vs torch (relative) |")
     print("|---|---|---|")
     failed = False
