@@ -29,15 +29,25 @@ def test_torchvision_style_dataset_gives_the_same_samples(data_env):
 
 
 @pytest.mark.parametrize("norm", ["bnlab", "torch", "none"])
-def test_training_step_trains(norm):
+@pytest.mark.parametrize("fused", [False, True])
+def test_training_step_trains(norm, fused, monkeypatch):
     from benchmarks.training import training_step
     from bnlab.models import lenet
 
+    built = []
+
+    class Recorded(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recorded)
     torch.manual_seed(0)
     model = lenet(norm)
     before = [p.detach().clone() for p in model.parameters()]
-    training_step(model, 8)()
+    training_step(model, 8, fused=fused)()
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert built[0].defaults["fused"] is (True if fused else None)
 
 
 def test_notebook_lenet_is_the_notebooks():
