@@ -28,6 +28,16 @@ def _load_cols_or(ptr, cols, cmask, HAS: tl.constexpr, default):
 
 
 @triton.jit
+def _saved_stats(stats_ptr, w_ptr, b_ptr, cols, cmask, C, HAS_W: tl.constexpr,
+                 HAS_B: tl.constexpr):
+    """A block of channels' saved (mean, invstd) and their affine ``scale``, ``shift``."""
+    mean = tl.load(stats_ptr + cols, mask=cmask, other=0.0)
+    invstd = tl.load(stats_ptr + C + cols, mask=cmask, other=0.0)
+    scale = _load_cols_or(w_ptr, cols, cmask, HAS_W, 1.0) * invstd
+    return mean, invstd, scale, _load_cols_or(b_ptr, cols, cmask, HAS_B, 0.0)
+
+
+@triton.jit
 def _rows_sums(x_ptr, shift, c0, n_start, n_end, C,
                BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per channel: ``sum(x - shift)`` and ``sum((x - shift)^2)`` over [n_start, n_end)."""
@@ -148,10 +158,8 @@ def rows_grad_sums_kernel(dy_ptr, x_ptr, w_ptr, b_ptr, stats_ptr, part_ptr, N, C
     c0 = tl.program_id(0) * BLOCK_C
     cols = c0 + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    mean = tl.load(stats_ptr + cols, mask=cmask, other=0.0)
-    scale = _load_cols_or(w_ptr, cols, cmask, HAS_W, 1.0) * tl.load(
-        stats_ptr + C + cols, mask=cmask, other=0.0)
-    shift_b = _load_cols_or(b_ptr, cols, cmask, HAS_B, 0.0)
+    mean, _, scale, shift_b = _saved_stats(stats_ptr, w_ptr, b_ptr, cols, cmask, C, HAS_W,
+                                           HAS_B)
     n_start = p * rows_per_part
     s1, s2 = _rows_grad_sums(dy_ptr, x_ptr, mean, scale, shift_b, c0, n_start,
                              tl.minimum(n_start + rows_per_part, N), C, ACT, BLOCK_N, BLOCK_C)
@@ -172,10 +180,8 @@ def rows_backward_kernel(dy_ptr, x_ptr, dx_ptr, w_ptr, b_ptr, stats_ptr, part_pt
     cols = c0 + tl.arange(0, BLOCK_C)
     cmask = cols < C
     count = N * 1.0
-    mean = tl.load(stats_ptr + cols, mask=cmask, other=0.0)
-    invstd = tl.load(stats_ptr + C + cols, mask=cmask, other=0.0)
-    scale = _load_cols_or(w_ptr, cols, cmask, HAS_W, 1.0) * invstd
-    shift_b = _load_cols_or(b_ptr, cols, cmask, HAS_B, 0.0)
+    mean, invstd, scale, shift_b = _saved_stats(stats_ptr, w_ptr, b_ptr, cols, cmask, C,
+                                                HAS_W, HAS_B)
     if LOCAL_SUMS:
         s1, s2 = _rows_grad_sums(dy_ptr, x_ptr, mean, scale, shift_b, c0, 0, N, C, ACT,
                                  BLOCK_N, BLOCK_C)
