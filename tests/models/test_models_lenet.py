@@ -25,14 +25,16 @@ def _notebook_net() -> nn.Sequential:
 
 
 def _layout(net: nn.Module) -> list[tuple]:
-    """One row per layer; a BN layer's fused activation shows where its Identity stands."""
-    rows, fused = [], None
+    """One row per layer; a BN layer's fused activation (and pooling) shows where its
+    Identity (the next one) stands."""
+    rows, fused = [], []
     for m in net:
-        if isinstance(m, nn.Identity) and fused is not None:
-            rows.append(({"sigmoid": "Sigmoid", "relu": "ReLU"}[fused],))
-            fused = None
+        if isinstance(m, nn.Identity) and fused:
+            rows.append(fused.pop(0))
             continue
-        fused = getattr(m, "activation", None)
+        act, pool = getattr(m, "activation", None), getattr(m, "pool", None)
+        fused = [({"sigmoid": "Sigmoid", "relu": "ReLU"}[act],)] if act else []
+        fused += [("avgpool", pool, pool)] if pool else []
         if isinstance(m, nn.Conv2d):
             rows.append(("conv", m.in_channels, m.out_channels, m.kernel_size))
         elif isinstance(m, nn.Linear):
@@ -70,6 +72,16 @@ def test_bnlab_layers_fuse_the_activation():
         assert [m.activation for m in net if isinstance(m, BNLAB_BN)] == [act] * 4
         assert not any(isinstance(m, (nn.Sigmoid, nn.ReLU)) for m in net)
         assert all(getattr(m, "activation", None) is None for m in build("torch"))
+
+
+def test_bnlab_lenet_fuses_the_average_pooling_into_its_conv_bn_layers():
+    net = lenet("bnlab")
+    assert [m.pool for m in net if isinstance(m, BNLAB_BN)] == [2, 2, None, None]
+    assert not any(isinstance(m, nn.AvgPool2d) for m in net)
+    # max pooling is not fused; torch's and no-BN LeNets keep their pooling layers
+    assert sum(isinstance(m, nn.MaxPool2d) for m in lenet_relu("bnlab")) == 2
+    assert sum(isinstance(m, nn.AvgPool2d) for m in lenet("torch")) == 2
+    assert sum(isinstance(m, nn.AvgPool2d) for m in lenet("none")) == 2
 
 
 def test_norm_selects_the_batch_norm_classes():

@@ -18,10 +18,10 @@ def entry(kernel):
     return module.batch_norm
 
 
-def _args(x, training=True):
+def _args(x, training=True, pool=1):
     c = x.shape[1]
     return (x, torch.rand(c) + 0.5, torch.randn(c), torch.zeros(c), torch.ones(c), training,
-            0.1, 1e-5, 2, torch.tensor(0))
+            0.1, 1e-5, 2, torch.tensor(0), pool)
 
 
 def test_the_fused_path_uses_it(entry):
@@ -30,10 +30,11 @@ def test_the_fused_path_uses_it(entry):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_same_results_as_the_op_called_boxed(entry, training):
-    x = torch.randn(8, 5, 3, 3)
-    a, b = _args(x.clone().requires_grad_(), training), _args(x.clone().requires_grad_(),
-                                                            training)
+@pytest.mark.parametrize("pool", [1, 2])
+def test_same_results_as_the_op_called_boxed(entry, training, pool):
+    x = torch.randn(8, 5, 4, 6)
+    a = _args(x.clone().requires_grad_(), training, pool)
+    b = _args(x.clone().requires_grad_(), training, pool)
     b = (b[0], a[1].clone(), a[2].clone(), a[3].clone(), a[4].clone(), *b[5:])
     ya = entry(*a)
     yb = torch.ops.bnlab.batch_norm.default(*b)

@@ -14,9 +14,12 @@ The model is a flat ``nn.Sequential``, so with batch norm its ``state_dict`` key
 ``norm="bnlab"`` and ``norm="torch"`` state dicts load into each other.
 
 With ``norm="bnlab"`` each BN layer applies the activation itself, fused into its kernel
-(``BatchNorm2d(6, activation="sigmoid")``; its backward recomputes the activation instead
+(``BatchNorm1d(120, activation="sigmoid")``; its backward recomputes the activation instead
 of keeping its output), and an ``nn.Identity`` stands where the activation module was, so
-the indices, and the state_dict keys, stay the notebook's.
+the indices, and the state_dict keys, stay the notebook's. In ``lenet`` the convolutional
+BN layers also do the 2x2 average pooling (``BatchNorm2d(6, activation="sigmoid",
+pool=2)``: the full-size activation is never written) and a second ``nn.Identity`` stands
+where the pooling was.
 """
 
 from __future__ import annotations
@@ -57,11 +60,15 @@ def _build(norm: str, activation: str, pool: Callable[[], nn.Module]) -> nn.Sequ
             return [layer, bn(channels, activation=activation), nn.Identity()]
         return [layer, bn(channels), _ACTIVATIONS[activation]()]
 
+    def pooled_block(layer: nn.Module, channels: int) -> list[nn.Module]:
+        if norm == "bnlab" and pool is AvgPool2d:  # the BN layer pools too
+            bn = bn2d(channels, activation=activation, pool=2)
+            return [layer, bn, nn.Identity(), nn.Identity()]
+        return [*block(layer, channels, bn2d), pool()]
+
     return nn.Sequential(
-        *block(Conv2d(1, 6, kernel_size=5), 6, bn2d),
-        pool(),
-        *block(nn.Conv2d(6, 16, kernel_size=5), 16, bn2d),
-        pool(),
+        *pooled_block(Conv2d(1, 6, kernel_size=5), 6),
+        *pooled_block(nn.Conv2d(6, 16, kernel_size=5), 16),
         nn.Flatten(),
         *block(nn.Linear(16 * 4 * 4, 120), 120, bn1d),
         *block(nn.Linear(120, 84), 84, bn1d),

@@ -26,11 +26,15 @@ def _target_class(layer: nn.Module, to: str) -> type[nn.Module] | None:
 def swap_layer(layer: nn.Module, cls: type[nn.Module], **kwargs) -> nn.Module:
     """A ``cls(..., **kwargs)`` layer holding ``layer``'s very parameters, buffers, settings
     and mode (no copies: built on the meta device, then handed the tensors). A fused
-    activation carries over to bnlab layers; torch's layers have none (ValueError)."""
+    activation and pooling carry over to bnlab layers; torch's layers have none (ValueError)."""
     activation = getattr(layer, "activation", None)
-    if activation is not None and not issubclass(cls, BatchNormBase):
-        raise ValueError(f"{type(layer).__name__} applies activation={activation!r}, which "
-                         f"{cls.__name__} cannot; follow it with the activation module instead")
+    pool = getattr(layer, "pool", None)
+    if not issubclass(cls, BatchNormBase):
+        for name, value, module in (("activation", activation, "the activation module"),
+                                    ("pool", pool, "nn.AvgPool2d(2)")):
+            if value is not None:
+                raise ValueError(f"{type(layer).__name__} applies {name}={value!r}, which "
+                                 f"{cls.__name__} cannot; follow it with {module} instead")
     has_stats = layer.running_mean is not None
     new = cls(
         layer.num_features,
@@ -45,6 +49,7 @@ def swap_layer(layer: nn.Module, cls: type[nn.Module], **kwargs) -> nn.Module:
     new.track_running_stats = layer.track_running_stats
     if isinstance(new, BatchNormBase):
         new.activation = activation
+        new.pool = pool
     for name in ("weight", "bias"):  # None stays None (affine=False, or bias=False)
         new.register_parameter(name, getattr(layer, name))
     for name, buf in layer.named_buffers(recurse=False):

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 
 from .autograd import BatchNormFunction, compute_dtype, reduce_dims
-from .fused import ACTIVATIONS, fused_batch_norm, select_kernel
+from .fused import ACTIVATIONS, fused_batch_norm, fused_poolable, select_kernel
 from .gpu import triton_batch_norm
 
 __all__ = ["batch_norm", "batch_stats", "normalize", "update_running_stats", "compute_dtype",
-           "check_activation", "apply_activation"]
+           "check_activation", "apply_activation", "check_pool", "apply_pool"]
 
 
 def check_activation(activation: str | None) -> None:
@@ -35,6 +35,16 @@ def apply_activation(y: Tensor, activation: str | None) -> Tensor:
     if activation == "sigmoid":
         return torch.sigmoid(y)
     return y
+
+
+def check_pool(pool: int | None) -> None:
+    if pool not in (None, 2):
+        raise ValueError(f"pool must be None or 2 (2x2 average pooling), got {pool!r}")
+
+
+def apply_pool(y: Tensor, pool: int | None) -> Tensor:
+    """``y`` (N, C, H, W) 2x2-average-pooled with stride 2 (torch's op) when ``pool`` is 2."""
+    return y if pool is None else torch.nn.functional.avg_pool2d(y, 2)
 
 
 def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,6 +142,7 @@ def batch_norm(
     kernel: str | None = None,
     activation: str | None = None,
     num_batches_tracked: Tensor | None = None,
+    pool: int | None = None,
 ) -> Tensor:
     """Batch normalization of ``input`` (N, C, *) — the contract of ``F.batch_norm``.
 
@@ -153,22 +164,37 @@ def batch_norm(
 
     ``num_batches_tracked``: a module's int64 batch counter, incremented in place in
     training (once the arguments are checked; inside the fused op, saving a call).
+
+    ``pool=2``: 2x2 average pooling with stride 2 after the activation, as
+    ``F.avg_pool2d(out, 2)`` (input (N, C, H, W); output (N, C, H // 2, W // 2)). On the
+    fused kernels, for contiguous input with even H and W, it happens in the same pass: the
+    full-size output is never written, and backward takes the pooled gradient directly.
+    Equal to ``F.avg_pool2d`` of the unpooled result (the same sums in the same order).
     """
     _check_args(input, running_mean, running_var, weight, bias, training)
     check_activation(activation)
+    if pool is not None:
+        check_pool(pool)
+        if input.dim() != 4:
+            raise ValueError(f"pool=2 needs 4D (N, C, H, W) input, got {input.dim()}D input")
     path = "reference"
     if input.numel() > 0:
         path = select_kernel(kernel, input, (weight, bias, running_mean, running_var))
     if path == "fused":
-        return fused_batch_norm(input, weight, bias, running_mean, running_var, training,
-                                momentum, eps, activation, num_batches_tracked)
+        fused_pool = pool if pool is not None and fused_poolable(input) else None
+        return apply_pool(fused_batch_norm(input, weight, bias, running_mean, running_var,
+                                           training, momentum, eps, activation,
+                                           num_batches_tracked, fused_pool),
+                          None if fused_pool else pool)
     if path == "triton" and (running_mean is None) == (running_var is None):
-        return triton_batch_norm(input, weight, bias, running_mean, running_var, training,
-                                 momentum, eps, activation, num_batches_tracked)
+        return apply_pool(triton_batch_norm(input, weight, bias, running_mean, running_var,
+                                            training, momentum, eps, activation,
+                                            num_batches_tracked), pool)
     if training and num_batches_tracked is not None:
         num_batches_tracked.add_(1)
-    return apply_activation(_reference_batch_norm(input, running_mean, running_var, weight,
-                                                  bias, training, momentum, eps), activation)
+    out = _reference_batch_norm(input, running_mean, running_var, weight, bias, training,
+                                momentum, eps)
+    return apply_pool(apply_activation(out, activation), pool)
 
 
 def _reference_batch_norm(

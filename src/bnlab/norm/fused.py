@@ -35,12 +35,21 @@ def fused_batch_norm(
     eps: float,
     activation: str | None = None,
     num_batches_tracked: Tensor | None = None,
+    pool: int | None = None,
 ) -> Tensor:
     """``F.batch_norm``'s computation on the fused kernels (inputs already validated),
-    followed in the same pass by ``activation`` (None, "relu" or "sigmoid"); in training
-    ``num_batches_tracked`` (when given) is incremented in place."""
+    followed in the same pass by ``activation`` (None, "relu" or "sigmoid") and, with
+    ``pool=2``, a 2x2 average pooling (input: contiguous (N, C, H, W), H and W even; see
+    :func:`fused_poolable`); in training ``num_batches_tracked`` (when given) is incremented
+    in place."""
     return batch_norm_op()(x, weight, bias, running_mean, running_var, training, momentum,
-                           eps, ACTIVATIONS[activation], num_batches_tracked)
+                           eps, ACTIVATIONS[activation], num_batches_tracked, pool or 1)
+
+
+def fused_poolable(x: Tensor) -> bool:
+    """Whether the fused kernels pool ``x``'s output themselves: contiguous (N, C, H, W)
+    input with even H and W (otherwise the pooling runs as its own op after them)."""
+    return x.dim() == 4 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and x.is_contiguous()
 
 
 def requested_kernel(kernel: str | None) -> str:

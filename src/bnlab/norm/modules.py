@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import batch_norm, check_activation
+from .functional import batch_norm, check_activation, check_pool
 
 __all__ = ["BatchNormBase", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNorm"]
 
@@ -25,11 +25,12 @@ class BatchNormBase(nn.Module):
     :meth:`reset_running_stats`. ``activation`` (bnlab's own, keyword-only: None, "relu" or
     "sigmoid") is applied to the output, fused into the layer's kernel (see
     :func:`bnlab.functional.batch_norm`); it is a setting, not state, so state dicts are
-    unchanged.
+    unchanged. So is ``pool`` (:class:`BatchNorm2d`'s).
     """
 
     _version = 2  # torch's version of this state_dict layout (has num_batches_tracked)
     activation: str | None = None  # layers pickled before the setting existed have none
+    pool: int | None = None
 
     def __init__(
         self,
@@ -100,7 +101,9 @@ class BatchNormBase(nn.Module):
                 **self.__dict__, use_bias=self.bias is not None
             )
         )
-        return text if self.activation is None else f"{text}, activation={self.activation}"
+        if self.activation is not None:
+            text = f"{text}, activation={self.activation}"
+        return text if self.pool is None else f"{text}, pool={self.pool}"
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -147,7 +150,7 @@ class BatchNormBase(nn.Module):
             running_mean = running_var = None
         return batch_norm(input, running_mean, running_var, params["weight"], params["bias"],
                           use_batch_stats, factor, self.eps, activation=self.activation,
-                          num_batches_tracked=tracked)
+                          num_batches_tracked=tracked, pool=self.pool)
 
 
 def _rank_error(expected: str, input: Tensor) -> ValueError:
@@ -163,7 +166,17 @@ class BatchNorm1d(BatchNormBase):
 
 
 class BatchNorm2d(BatchNormBase):
-    """Batch norm over (N, C, H, W) input; statistics per channel C."""
+    """Batch norm over (N, C, H, W) input; statistics per channel C.
+
+    ``pool=2`` (bnlab's own, keyword-only): the layer ends with a 2x2 average pooling, stride
+    2 (``nn.AvgPool2d(2)`` after the activation; output (N, C, H // 2, W // 2)), done in the
+    same kernel pass (see :func:`bnlab.functional.batch_norm`).
+    """
+
+    def __init__(self, num_features: int, *args, pool: int | None = None, **kwargs) -> None:
+        check_pool(pool)
+        super().__init__(num_features, *args, **kwargs)
+        self.pool = pool
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() != 4:

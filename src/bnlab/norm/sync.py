@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .convert import is_batch_norm, swap_layer
-from .functional import apply_activation, update_running_stats
+from .functional import apply_activation, apply_pool, update_running_stats
 from .modules import BatchNormBase
 from .sync_autograd import SyncBatchNormFunction, sync_batch_stats
 
@@ -92,6 +92,8 @@ class SyncBatchNorm(BatchNormBase):
         if group is None:
             return super().forward(input)
         self._check_input_dim(input)
+        if self.pool is not None and input.dim() != 4:
+            raise ValueError(f"pool=2 needs 4D (N, C, H, W) input, got {input.dim()}D input")
         if input.shape[1] != self.num_features:
             raise ValueError(
                 f"SyncBatchNorm({self.num_features}) got input with {input.shape[1]} channels "
@@ -104,7 +106,7 @@ class SyncBatchNorm(BatchNormBase):
                 factor = 1.0 / float(self.num_batches_tracked)
         # With tracking switched off after construction, training leaves the buffers alone.
         track = self.track_running_stats
-        return apply_activation(sync_batch_norm(
+        return apply_pool(apply_activation(sync_batch_norm(
             input,
             self.running_mean if track else None,
             self.running_var if track else None,
@@ -113,7 +115,7 @@ class SyncBatchNorm(BatchNormBase):
             factor,
             self.eps,
             group,
-        ), self.activation)
+        ), self.activation), self.pool)
 
 
 def _to_sync(layer: nn.Module, group: dist.ProcessGroup | None) -> SyncBatchNorm:

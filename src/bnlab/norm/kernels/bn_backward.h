@@ -67,18 +67,26 @@ void rows_grad_input(const T* x, const T* dy, T* dx, const Layout& lay, const T*
 }
 
 // Planar layout: per channel in turn, the sums pass (with an activation: forming dz and, when
-// dx is wanted, storing it in dx) and then the dx pass, which finds the channel in L2.
+// dx is wanted, storing it in dx) and then the dx pass, which finds the channel in L2. With
+// pooling (lay.pool_w) dy is the pooled output's gradient, spread over each plane in turn.
 template <int ACT, typename T>
 void planar_backward(const T* x, const T* dy, T* dx, const Layout& lay, const T* mean,
                      const T* invstd, const T* w, const T* b, bool train,
                      std::vector<double>& sdy, std::vector<double>& sdyx) {
-  const int64_t N = lay.n, C = lay.c, L = lay.l;
+  const int64_t N = lay.n, C = lay.c, L = lay.l, W = lay.pool_w, dy_l = W ? L / 4 : L;
   const double count = static_cast<double>(N) * L;
   sdy.assign(C, 0.0);
   sdyx.assign(C, 0.0);
   at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
                    [&](int64_t c0, int64_t c1) {
+    std::vector<T> spread(W ? L : 0);
     for (int64_t c = c0; c < c1; ++c) {
+      auto grad_plane = [&](int64_t n) -> const T* {  // dy for plane (n, c), L values
+        const T* g = dy + (n * C + c) * dy_l;
+        if (!W) return g;
+        unpool_plane(g, spread.data(), L, W);
+        return spread.data();
+      };
       const double md = mean[c];
       const T m = mean[c], is = invstd[c];
       const T sc = w ? is * w[c] : is, sh = b ? b[c] : T(0);
@@ -94,12 +102,28 @@ void planar_backward(const T* x, const T* dy, T* dx, const Layout& lay, const T*
       };
       for (int64_t n = 0; n < N; ++n) {
         const T* p = x + (n * C + c) * L;
-        const T* g = dy + (n * C + c) * L;
+        const T* g = grad_plane(n);
         T* o = dx ? dx + (n * C + c) * L : nullptr;
         int64_t i = 0;
         for (; i + kSpan <= L; i += kSpan) {
+          if constexpr (ACT != kActNone) {
+            // The activation's slope in T's full vector width, then the sums in double: in
+            // one loop the compiler vectorized both at double's width (half as many lanes).
+            T local[kSpan];
+            T* dz = o ? o + i : local;
 #pragma omp simd
-          for (int64_t j = 0; j < kSpan; ++j) term(p, g, o, i + j, j);
+            for (int64_t j = 0; j < kSpan; ++j) {
+              dz[j] = g[i + j] * activate_slope<ACT>((p[i + j] - m) * sc + sh);
+            }
+#pragma omp simd
+            for (int64_t j = 0; j < kSpan; ++j) {
+              la[j] += static_cast<double>(dz[j]);
+              lb[j] += static_cast<double>(dz[j]) * (static_cast<double>(p[i + j]) - md);
+            }
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < kSpan; ++j) term(p, g, o, i + j, j);
+          }
         }
         for (int64_t j = 0; i < L; ++i, ++j) term(p, g, o, i, j);
       }
@@ -119,7 +143,7 @@ void planar_backward(const T* x, const T* dy, T* dx, const Layout& lay, const T*
       for (int64_t n = 0; n < N; ++n) {
         const T* p = x + (n * C + c) * L;
         // with an activation dx holds dz here, overwritten element by element
-        const T* g = ACT != kActNone ? dx + (n * C + c) * L : dy + (n * C + c) * L;
+        const T* g = ACT != kActNone ? dx + (n * C + c) * L : grad_plane(n);
         T* o = dx + (n * C + c) * L;
 #pragma omp simd
         for (int64_t i = 0; i < L; ++i) o[i] = g[i] * kc + (p[i] - m) * pc + qc;
@@ -137,16 +161,17 @@ std::tuple<Tensor, Tensor, Tensor> backward_act(const Tensor& grad_out, const Te
                                                 const c10::optional<Tensor>& weight,
                                                 const c10::optional<Tensor>& bias,
                                                 int64_t activation, bool train, bool need_dx,
-                                                bool need_dw, bool need_db) {
+                                                bool need_dw, bool need_db, int64_t pool) {
   check_activation(activation);
   check_input(input, false);
-  TORCH_CHECK(grad_out.sizes() == input.sizes(), "bnlab: grad_out has shape ",
-              grad_out.sizes(), ", the input ", input.sizes());
+  auto [x, lay] = canonical_pooled(input, pool);
+  TORCH_CHECK(grad_out.sizes() == c10::IntArrayRef(output_shape(input, lay)),
+              "bnlab: grad_out has shape ", grad_out.sizes(), ", the ",
+              pool == 2 ? "pooled output " : "input ", c10::IntArrayRef(output_shape(input, lay)));
   check_channel_tensor(input, mean, "mean");
   check_channel_tensor(input, invstd, "invstd");
   check_channel_tensor(input, weight, "weight");
   check_channel_tensor(input, bias, "bias");
-  auto [x, lay] = canonical(input);
   Tensor dy = like_layout(grad_out, x, lay);
   const int64_t C = lay.c;
   const double count = static_cast<double>(lay.n) * lay.l;
@@ -228,5 +253,5 @@ std::tuple<Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_out, const
                                                    bool train, bool need_dx, bool need_dw,
                                                    bool need_db) {
   return backward_act(grad_out, input, mean, invstd, weight, c10::nullopt, kActNone, train,
-                      need_dx, need_dw, need_db);
+                      need_dx, need_dw, need_db, 1);
 }

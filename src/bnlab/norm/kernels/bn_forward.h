@@ -39,6 +39,23 @@ void rows_shifted_sums(const T* x, const Layout& lay, std::vector<double>& s1,
   s2.assign(both.begin() + C, both.end());
 }
 
+// One (n, c) plane of L values: q = act((p - m) * s + b); with pooling (W > 0: the plane's
+// width) q gets its 2x2 average, each pair of activated rows formed in ``rows`` (2W values).
+template <int ACT, typename T>
+inline void apply_plane(const T* p, T* q, int64_t L, int64_t W, T m, T s, T b, T* rows) {
+  if (!W) {
+#pragma omp simd
+    for (int64_t i = 0; i < L; ++i) q[i] = activate<ACT>((p[i] - m) * s + b);
+    return;
+  }
+  for (int64_t h = 0; h < L / W; h += 2) {
+    const T* in = p + h * W;
+#pragma omp simd
+    for (int64_t i = 0; i < 2 * W; ++i) rows[i] = activate<ACT>((in[i] - m) * s + b);
+    pool_rows(rows, rows + W, q + (h / 2) * (W / 2), W);
+  }
+}
+
 // y = act((x - mean[c]) * scale[c] + shift[c])
 template <int ACT, typename T>
 void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* scale,
@@ -58,15 +75,14 @@ void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* s
     });
     return;
   }
+  const int64_t W = lay.pool_w, out_l = W ? L / 4 : L;
   at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, L)),
                    [&](int64_t j0, int64_t j1) {
+    std::vector<T> rows(2 * W);
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t c = j % C;
-      const T m = mean[c], s = scale[c], b = shift[c];
-      const T* p = x + j * L;
-      T* q = y + j * L;
-#pragma omp simd
-      for (int64_t i = 0; i < L; ++i) q[i] = activate<ACT>((p[i] - m) * s + b);
+      apply_plane<ACT>(x + j * L, y + j * out_l, L, W, mean[c], scale[c], shift[c],
+                       rows.data());
     }
   });
 }
@@ -97,7 +113,7 @@ Tensor apply_stats(const Tensor& x, const Layout& lay, const Tensor& mean, const
                    const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
                    int64_t act) {
   auto [scale, shift] = scale_shift<T>(invstd, weight, bias);
-  Tensor y = at::empty_like(x);
+  Tensor y = lay.pool_w ? at::empty(output_shape(x, lay), x.options()) : at::empty_like(x);
   const T* xp = x.data_ptr<T>();
   const T *m = mean.data_ptr<T>(), *sc = scale.data(), *sh = shift.data();
   T* yp = y.data_ptr<T>();
@@ -117,10 +133,11 @@ Tensor apply_stats(const Tensor& x, const Layout& lay, const Tensor& mean, const
 template <int ACT, typename T>
 void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const T* b,
                           T* mean, T* invstd, T* rm, T* rv, double momentum, double eps) {
-  const int64_t N = lay.n, C = lay.c, L = lay.l;
+  const int64_t N = lay.n, C = lay.c, L = lay.l, W = lay.pool_w, out_l = W ? L / 4 : L;
   const double count = static_cast<double>(N) * L;
   at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
                    [&](int64_t c0, int64_t c1) {
+    std::vector<T> rows(2 * W);
     for (int64_t c = c0; c < c1; ++c) {
       const double k = static_cast<double>(x[c * L]);
       double la[kSpan] = {}, lb[kSpan] = {};  // independent accumulators: see kSpan
@@ -158,10 +175,8 @@ void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const
       }
       const T sc = w ? is * w[c] : is, sh = b ? b[c] : T(0);
       for (int64_t n = 0; n < N; ++n) {
-        const T* p = x + (n * C + c) * L;
-        T* q = y + (n * C + c) * L;
-#pragma omp simd
-        for (int64_t i = 0; i < L; ++i) q[i] = activate<ACT>((p[i] - m) * sc + sh);
+        apply_plane<ACT>(x + (n * C + c) * L, y + (n * C + c) * out_l, L, W, m, sc, sh,
+                         rows.data());
       }
     }
   });
@@ -183,16 +198,16 @@ void check_forward_args(const Tensor& input, const c10::optional<Tensor>& weight
 std::tuple<Tensor, Tensor, Tensor> forward_train(
     const Tensor& input, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
     const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var,
-    double momentum, double eps, int64_t activation) {
+    double momentum, double eps, int64_t activation, int64_t pool) {
   check_forward_args(input, weight, bias, running_mean, running_var, activation, true);
-  auto [x, lay] = canonical(input);
+  auto [x, lay] = canonical_pooled(input, pool);
   const int64_t C = lay.c;
   const double count = static_cast<double>(lay.n) * lay.l;
   Tensor mean = at::empty({C}, x.options());
   Tensor invstd = at::empty({C}, x.options());
   Tensor y;
   if (!lay.rows) {
-    y = at::empty_like(x);
+    y = lay.pool_w ? at::empty(output_shape(x, lay), x.options()) : at::empty_like(x);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_train", [&] {
       auto ptr = [](const c10::optional<Tensor>& t) {
         return t.has_value() && t->defined() ? t->data_ptr<scalar_t>() : nullptr;
@@ -257,9 +272,9 @@ std::tuple<Tensor, Tensor> forward_eval(const Tensor& input, const Tensor& runni
                                         const Tensor& running_var,
                                         const c10::optional<Tensor>& weight,
                                         const c10::optional<Tensor>& bias, double eps,
-                                        int64_t activation) {
+                                        int64_t activation, int64_t pool) {
   check_forward_args(input, weight, bias, running_mean, running_var, activation, false);
-  auto [x, lay] = canonical(input);
+  auto [x, lay] = canonical_pooled(input, pool);
   const int64_t C = lay.c;
   Tensor invstd = at::empty({C}, x.options());
   Tensor y;

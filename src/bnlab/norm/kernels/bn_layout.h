@@ -6,6 +6,7 @@
 struct Layout {
   bool rows;  // (M, C) rows; else planar (N, C, L)
   int64_t n, c, l;  // planar: N, C, L; rows: M, C, 1
+  int64_t pool_w = 0;  // planar (N, C, H, W) pooled 2x2 after the activation: W; else 0
 };
 
 bool is_channels_last(const Tensor& x) {
@@ -33,6 +34,55 @@ Tensor like_layout(const Tensor& t, const Tensor& x, const Layout& lay) {
                                      : at::MemoryFormat::ChannelsLast3d);
   }
   return t.contiguous();
+}
+
+// The input in its layout for a call with ``pool`` (1: none; 2: 2x2 average pooling, stride
+// 2, after the activation): pooling needs (N, C, H, W) input, contiguous, H and W even.
+std::pair<Tensor, Layout> canonical_pooled(const Tensor& x, int64_t pool) {
+  TORCH_CHECK(pool == 1 || pool == 2, "bnlab: pool must be 1 (none) or 2, got ", pool);
+  if (pool == 1) return canonical(x);
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.size(2) % 2 == 0 && x.size(3) % 2 == 0,
+              "bnlab: pool=2 needs contiguous (N, C, H, W) input with even H and W, got shape ",
+              x.sizes(), x.is_contiguous() ? "" : " (not contiguous)");
+  Layout lay{false, x.size(0), x.size(1), x.size(2) * x.size(3), x.size(3)};
+  return {x, lay};
+}
+
+// The (N, C, H/2, W/2) shape a pooled call returns, or x's own.
+std::vector<int64_t> output_shape(const Tensor& x, const Layout& lay) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  if (lay.pool_w) {
+    shape[2] /= 2;
+    shape[3] /= 2;
+  }
+  return shape;
+}
+
+// One pooled output row from two activated input rows r0, r1 (W values each), in torch's
+// avg_pool2d order (as bnlab's pooling kernel sums): the result is exactly pool(act(...)).
+template <typename T>
+inline void pool_rows(const T* r0, const T* r1, T* out, int64_t W) {
+#pragma omp simd
+  for (int64_t j = 0; j < W / 2; ++j) {
+    out[j] = (((r0[2 * j] + r0[2 * j + 1]) + r1[2 * j]) + r1[2 * j + 1]) * T(0.25);
+  }
+}
+
+// avg_pool2d's gradient for one plane: each of the H x W inputs gets its window's output
+// gradient / 4 (g: (H/2) x (W/2) values; out: H x W).
+template <typename T>
+inline void unpool_plane(const T* g, T* out, int64_t L, int64_t W) {
+  for (int64_t h = 0; h < L / W; h += 2) {
+    const T* gr = g + (h / 2) * (W / 2);
+    T* o = out + h * W;
+#pragma omp simd
+    for (int64_t j = 0; j < W / 2; ++j) {
+      const T v = gr[j] * T(0.25);
+      o[2 * j] = v;
+      o[2 * j + 1] = v;
+    }
+    std::copy(o, o + W, o + W);
+  }
 }
 
 // Rows layout: per-channel sums over rows. Threads take blocks of rows; each walks its rows

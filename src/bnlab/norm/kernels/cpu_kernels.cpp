@@ -11,6 +11,9 @@
 // An activation (ReLU or sigmoid) may follow the affine transform in the same pass; its
 // backward recomputes it from the saved input instead of saving the output (as in-place
 // activated batch norm does), so a fused layer keeps one activation-sized tensor, not two.
+// A 2x2 average pooling (stride 2) may follow the activation (``pool=2``, planar (N, C, H, W)
+// input with even H and W): the pooled output is formed from the activated rows without
+// writing the full-size one, and backward spreads the pooled gradient plane by plane.
 // Statistics are accumulated in double. The variance uses sums shifted by one sample of the
 // channel (the "shifted data" algorithm): with the shift within a few standard deviations of
 // the mean, S2 - S1^2/n cannot cancel catastrophically, and it needs one pass, not two.
@@ -125,6 +128,7 @@ struct BatchNormBackward : public torch::autograd::Node {
   bool training = true, has_weight = false, has_bias = false;
   double eps = 1e-5;
   int64_t activation = kActNone;
+  int64_t pool = 1;  // 2: the output was 2x2 average-pooled; grads[0] is the pooled one's
 
   std::string name() const override { return "BnlabBatchNormBackward"; }
 
@@ -137,7 +141,7 @@ struct BatchNormBackward : public torch::autograd::Node {
   }
 
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
-    const Tensor& dy = grads[0];
+    Tensor dy = grads[0];
     const size_t n_out = 1 + has_weight + has_bias;
     if (!dy.defined()) return torch::autograd::variable_list(n_out);
     Tensor xv = x.unpack();
@@ -148,6 +152,10 @@ struct BatchNormBackward : public torch::autograd::Node {
     const bool need_db = has_bias && task_should_compute_output(has_weight ? 2 : 1);
     Tensor dx, dw, db;
     if (at::GradMode::is_enabled()) {
+      if (pool == 2) {  // the pooling's own gradient, differentiable too
+        dy = at::avg_pool2d_backward(dy, xv, {2, 2}, {2, 2}, {0, 0}, false, true,
+                                     c10::nullopt);
+      }
       auto g = activation == kActNone
                    ? differentiable_grads(dy, xv, mean, invstd, w, training, eps, need_dx,
                                           need_dw, need_db)
@@ -158,7 +166,7 @@ struct BatchNormBackward : public torch::autograd::Node {
       auto wo = w.defined() ? c10::optional<Tensor>(w) : c10::nullopt;
       auto bo = b.defined() ? c10::optional<Tensor>(b) : c10::nullopt;
       std::tie(dx, dw, db) = backward_act(dy, xv, mean, invstd, wo, bo, activation, training,
-                                          need_dx, need_dw, need_db);
+                                          need_dx, need_dw, need_db, pool);
     }
     torch::autograd::variable_list out{dx};
     if (has_weight) out.push_back(dw);
@@ -187,7 +195,7 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
                   const c10::optional<Tensor>& bias, const c10::optional<Tensor>& running_mean,
                   const c10::optional<Tensor>& running_var, bool training, double momentum,
                   double eps, int64_t activation,
-                  const c10::optional<Tensor>& num_batches_tracked) {
+                  const c10::optional<Tensor>& num_batches_tracked, int64_t pool) {
   const bool count = training && defined(num_batches_tracked);
   if (count) check_counter(*num_batches_tracked);
   torch::autograd::variable_list inputs{x};
@@ -199,10 +207,11 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     if (training) {
       std::tie(y, mean, invstd) =
-          forward_train(x, weight, bias, running_mean, running_var, momentum, eps, activation);
+          forward_train(x, weight, bias, running_mean, running_var, momentum, eps, activation,
+                        pool);
     } else {
       std::tie(y, invstd) =
-          forward_eval(x, *running_mean, *running_var, weight, bias, eps, activation);
+          forward_eval(x, *running_mean, *running_var, weight, bias, eps, activation, pool);
       // Saved for backward as it is now: a later training step updates the buffer in place.
       if (record) mean = running_mean->clone();
     }
@@ -225,6 +234,7 @@ Tensor batch_norm(const Tensor& x, const c10::optional<Tensor>& weight,
     node->bias = torch::autograd::SavedVariable(*bias, false);
   }
   node->activation = activation;
+  node->pool = pool;
   node->mean = mean;
   node->invstd = invstd;
   node->training = training;
@@ -241,20 +251,21 @@ TORCH_LIBRARY(bnlab, m) {
   m.def(
       "batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
       "Tensor(b!)? running_var, bool training, float momentum, float eps, int activation=0, "
-      "Tensor(c!)? num_batches_tracked=None) -> Tensor");
+      "Tensor(c!)? num_batches_tracked=None, int pool=1) -> Tensor");
   m.def(
       "forward_train(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-      "Tensor(b!)? running_var, float momentum, float eps, int activation=0) "
+      "Tensor(b!)? running_var, float momentum, float eps, int activation=0, int pool=1) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
       "forward_eval(Tensor input, Tensor running_mean, Tensor running_var, Tensor? weight, "
-      "Tensor? bias, float eps, int activation=0) -> (Tensor, Tensor)");
+      "Tensor? bias, float eps, int activation=0, int pool=1) -> (Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, Tensor? weight, "
       "bool train, bool need_dx, bool need_dw, bool need_db) -> (Tensor, Tensor, Tensor)");
   m.def(
       "backward_act(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, Tensor? weight, "
-      "Tensor? bias, int activation, bool train, bool need_dx, bool need_dw, bool need_db) "
+      "Tensor? bias, int activation, bool train, bool need_dx, bool need_dw, bool need_db, "
+      "int pool=1) "
       "-> (Tensor, Tensor, Tensor)");
 }
 

@@ -16,17 +16,17 @@ using at::Tensor;
 using OptTensor = c10::optional<Tensor>;  // as cpu_kernels.cpp registers it (torch < 2.4: not std::)
 using BatchNormSig = Tensor(const Tensor&, const OptTensor&, const OptTensor&,
                             const OptTensor&, const OptTensor&, bool, double, double,
-                            int64_t, const OptTensor&);
+                            int64_t, const OptTensor&, int64_t);
 
 Tensor batch_norm(const Tensor& x, const OptTensor& weight, const OptTensor& bias,
                   const OptTensor& running_mean, const OptTensor& running_var, bool training,
                   double momentum, double eps, int64_t activation,
-                  const OptTensor& num_batches_tracked) {
+                  const OptTensor& num_batches_tracked, int64_t pool) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("bnlab::batch_norm", "")
                              .typed<BatchNormSig>();
   return op.call(x, weight, bias, running_mean, running_var, training, momentum, eps,
-                 activation, num_batches_tracked);
+                 activation, num_batches_tracked, pool);
 }
 
 }  // namespace
