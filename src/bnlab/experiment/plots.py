@@ -29,7 +29,10 @@ def _save(fig, path: Path) -> Path:
     """Write atomically: a half-written PNG never replaces a good one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     png = io.BytesIO()
-    fig.tight_layout()
+    # Fixed margins for this fixed figure size: tight_layout measured every text's extent
+    # first (~0.2 s of a one-epoch run).
+    fig.subplots_adjust(left=0.065, right=0.985, bottom=0.125,
+                        top=0.86 if fig.get_suptitle() else 0.92, wspace=0.2)
     fig.savefig(png, format="png", dpi=110)
     write_bytes_atomically(path, png.getvalue())
     return path
