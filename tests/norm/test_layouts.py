@@ -2,7 +2,7 @@
 against torch. Rows ((M, C): 2-D and channels-last input): channel blocks of 16 (full and
 partial), several tiles of 64 rows, inputs large enough to be split between threads.
 Planar ((N, C, L)): runs of L shorter than, equal to and longer than a 32-value span, with
-and without a remainder."""
+and without a remainder, the work split by samples and by channels."""
 
 import pytest
 import torch
@@ -24,9 +24,18 @@ def assert_step_matches(ours, theirs, x, dy, y_tol, grad_tol):
     torch.testing.assert_close(xa.grad, xb.grad, rtol=grad_tol, atol=grad_tol)
 
 
+@pytest.fixture(params=["samples", "channels"])
+def planar_split(request, monkeypatch, kernel):
+    """How the fused kernels split planar work between threads (forced both ways)."""
+    if request.param == "channels" and kernel != "fused":
+        pytest.skip("the split is the fused kernels' choice")
+    monkeypatch.setenv("BNLAB_PLANAR_SPLIT", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("activation", [None, "sigmoid"])
-def test_layouts_match_torch_in_float64(shape, activation):
+def test_layouts_match_torch_in_float64(shape, activation, planar_split):
     c = shape[1]
     gen = torch.Generator().manual_seed(c)
     theirs = (nn.BatchNorm1d if len(shape) < 4 else nn.BatchNorm2d)(c, dtype=torch.float64)
@@ -55,3 +64,16 @@ def test_channels_last_rows_match_torch_in_float32():
     assert_step_matches(ours, theirs, x, torch.randn(12, 40, 10, 10), 1e-5, 1e-4)
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ours.running_var, theirs.running_var)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_planar_splits_agree_with_more_samples_than_threads_and_fewer(training, planar_split):
+    # N = 1: one block of samples; N = 9: blocks of uneven size across two threads.
+    for shape in [(1, 3, 40, 40), (9, 4, 10, 12)]:
+        theirs = nn.BatchNorm2d(shape[1], dtype=torch.float64).train(training)
+        ours = bnlab.BatchNorm2d(shape[1], dtype=torch.float64, activation="sigmoid")
+        ours.train(training)
+        x = torch.randn(shape, dtype=torch.float64) * 2 + 5
+        dy = torch.randn(shape, dtype=torch.float64)
+        assert_step_matches(ours, nn.Sequential(theirs, nn.Sigmoid()), x, dy, 1e-10, 1e-9)
+        torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-9, atol=1e-10)

@@ -27,12 +27,21 @@ def _small(kernel, shape):
     return (4, *shape[1:]) if kernel == "triton" else shape
 
 
+@pytest.fixture(params=["samples", "channels"])
+def planar_split(request, monkeypatch, kernel):
+    """How the fused kernels split planar work between threads (forced both ways)."""
+    if request.param == "channels" and kernel != "fused":
+        pytest.skip("the split is the fused kernels' choice")
+    monkeypatch.setenv("BNLAB_PLANAR_SPLIT", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("shape", [(64, 6, 24, 24), (64, 16, 8, 8), (3, 2, 6, 4)])
 @pytest.mark.parametrize("act", [None, "relu", "sigmoid"])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
 def test_matches_torch_batch_norm_activation_then_pooling(kernel, shape, act, training, dtype,
-                                                          tol):
+                                                          tol, planar_split):
     shape = _small(kernel, shape)
     x, w, b = _inputs(shape, dtype)
     c = shape[1]
@@ -56,7 +65,7 @@ def test_matches_torch_batch_norm_activation_then_pooling(kernel, shape, act, tr
 @pytest.mark.parametrize("act", [None, "sigmoid"])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_equals_pooling_the_unpooled_output_exactly(kernel, act, training, dtype):
+def test_equals_pooling_the_unpooled_output_exactly(kernel, act, training, dtype, planar_split):
     # The same activated values, summed in avg_pool2d's order: bit-identical, and the same
     # gradients (the pooled gradient spread is exact: a division by 4).
     x, w, b = _inputs(_small(kernel, (16, 6, 12, 8)), dtype, seed=1)

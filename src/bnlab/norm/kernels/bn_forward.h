@@ -56,6 +56,50 @@ inline void apply_plane(const T* p, T* q, int64_t L, int64_t W, T m, T s, T b, T
   }
 }
 
+// Planar layout: channel c's sums of (x - k) and (x - k)^2 over samples [n0, n1), added to
+// a and b, through kSpan independent accumulators (see kSpan).
+template <typename T>
+inline void channel_shifted_sums(const T* x, int64_t C, int64_t L, int64_t c, int64_t n0,
+                                 int64_t n1, double k, double& a, double& b) {
+  double la[kSpan] = {}, lb[kSpan] = {};
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* p = x + (n * C + c) * L;
+    int64_t i = 0;
+    for (; i + kSpan <= L; i += kSpan) {
+#pragma omp simd
+      for (int64_t j = 0; j < kSpan; ++j) {
+        const double d = static_cast<double>(p[i + j]) - k;
+        la[j] += d;
+        lb[j] += d * d;
+      }
+    }
+    for (int64_t j = 0; i < L; ++i, ++j) {
+      const double d = static_cast<double>(p[i]) - k;
+      la[j] += d;
+      lb[j] += d * d;
+    }
+  }
+  for (int64_t j = 0; j < kSpan; ++j) {
+    a += la[j];
+    b += lb[j];
+  }
+}
+
+// Planar layout split by samples: every channel's shifted sums (shift: its first value).
+template <typename T>
+void planar_shifted_sums(const T* x, const Layout& lay, std::vector<double>& s1,
+                         std::vector<double>& s2, std::vector<double>& shift) {
+  const int64_t C = lay.c, L = lay.l;
+  shift.assign(C, 0.0);
+  for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<double>(x[c * L]);
+  std::vector<double> both;
+  planar_reduce(lay, both, [&](int64_t c, int64_t n0, int64_t n1, double& a, double& b) {
+    channel_shifted_sums(x, C, L, c, n0, n1, shift[c], a, b);
+  });
+  s1.assign(both.begin(), both.begin() + C);
+  s2.assign(both.begin() + C, both.end());
+}
+
 // y = act((x - mean[c]) * scale[c] + shift[c])
 template <int ACT, typename T>
 void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* scale,
@@ -76,15 +120,19 @@ void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* s
     return;
   }
   const int64_t W = lay.pool_w, out_l = W ? L / 4 : L;
-  at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, L)),
-                   [&](int64_t j0, int64_t j1) {
+  auto planes = [&](int64_t j0, int64_t j1) {  // planes j = n * C + c
     std::vector<T> rows(2 * W);
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t c = j % C;
       apply_plane<ACT>(x + j * L, y + j * out_l, L, W, mean[c], scale[c], shift[c],
                        rows.data());
     }
-  });
+  };
+  if (split_by_samples(lay, sizeof(T))) {  // the blocks of samples the statistics pass took
+    planar_samples_for(lay, [&](int64_t n0, int64_t n1) { planes(n0 * C, n1 * C); });
+  } else {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, L)), planes);
+  }
 }
 
 // (invstd * weight, bias) per channel: the affine transform's scale and shift, computed
@@ -140,29 +188,8 @@ void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const
     std::vector<T> rows(2 * W);
     for (int64_t c = c0; c < c1; ++c) {
       const double k = static_cast<double>(x[c * L]);
-      double la[kSpan] = {}, lb[kSpan] = {};  // independent accumulators: see kSpan
-      for (int64_t n = 0; n < N; ++n) {
-        const T* p = x + (n * C + c) * L;
-        int64_t i = 0;
-        for (; i + kSpan <= L; i += kSpan) {
-#pragma omp simd
-          for (int64_t j = 0; j < kSpan; ++j) {
-            const double d = static_cast<double>(p[i + j]) - k;
-            la[j] += d;
-            lb[j] += d * d;
-          }
-        }
-        for (int64_t j = 0; i < L; ++i, ++j) {
-          const double d = static_cast<double>(p[i]) - k;
-          la[j] += d;
-          lb[j] += d * d;
-        }
-      }
       double a = 0.0, bb = 0.0;
-      for (int64_t j = 0; j < kSpan; ++j) {
-        a += la[j];
-        bb += lb[j];
-      }
+      channel_shifted_sums(x, C, L, c, 0, N, k, a, bb);
       const double d = a / count;
       const double var = std::max(0.0, (bb - a * d) / count);
       const T m = static_cast<T>(k + d);
@@ -206,7 +233,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_train(
   Tensor mean = at::empty({C}, x.options());
   Tensor invstd = at::empty({C}, x.options());
   Tensor y;
-  if (!lay.rows) {
+  if (!lay.rows && !split_by_samples(lay, x.element_size())) {
     y = lay.pool_w ? at::empty(output_shape(x, lay), x.options()) : at::empty_like(x);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_train", [&] {
       auto ptr = [](const c10::optional<Tensor>& t) {
@@ -234,7 +261,11 @@ std::tuple<Tensor, Tensor, Tensor> forward_train(
     s1.resize(C);
     s2.resize(C);
     k.resize(C);
-    rows_shifted_sums<scalar_t>(x.data_ptr<scalar_t>(), lay, s1, s2, k);
+    if (lay.rows) {
+      rows_shifted_sums<scalar_t>(x.data_ptr<scalar_t>(), lay, s1, s2, k);
+    } else {
+      planar_shifted_sums<scalar_t>(x.data_ptr<scalar_t>(), lay, s1, s2, k);
+    }
     scalar_t* m = mean.data_ptr<scalar_t>();
     scalar_t* is = invstd.data_ptr<scalar_t>();
     std::vector<double> var(C);

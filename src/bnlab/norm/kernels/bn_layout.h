@@ -130,6 +130,55 @@ void rows_reduce(int64_t M, int64_t C, std::vector<double>& out, F&& tile_fn) {
   }
 }
 
+// Planar layout, split by samples: threads take blocks of whole samples, the same blocks in
+// every pass (planar_samples_for), as the convolution and pooling kernels around a layer
+// split their work, so each core reads what it wrote itself. ``channel_fn(c, n0, n1, a, b)``
+// adds channel c's sums over samples [n0, n1) to a and b; the threads' partial sums are
+// added into ``out`` (C values of a, then C of b).
+template <typename F>
+void planar_samples_for(const Layout& lay, F&& fn) {
+  at::parallel_for(0, lay.n, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, lay.c * lay.l)),
+                   fn);
+}
+
+template <typename F>
+void planar_reduce(const Layout& lay, std::vector<double>& out, F&& channel_fn) {
+  const int64_t C = lay.c;
+  const int threads = at::get_num_threads();
+  std::vector<double> partial(static_cast<size_t>(threads) * 2 * C, 0.0);
+  std::vector<char> used(threads, 0);
+  planar_samples_for(lay, [&](int64_t n0, int64_t n1) {
+    const int t = at::get_thread_num();
+    used[t] = 1;
+    double* acc = partial.data() + static_cast<size_t>(t) * 2 * C;
+    for (int64_t c = 0; c < C; ++c) channel_fn(c, n0, n1, acc[c], acc[C + c]);
+  });
+  out.assign(static_cast<size_t>(2) * C, 0.0);
+  for (int t = 0; t < threads; ++t) {
+    if (!used[t]) continue;
+    const double* acc = partial.data() + static_cast<size_t>(t) * 2 * C;
+    for (int64_t j = 0; j < 2 * C; ++j) out[j] += acc[j];
+  }
+}
+
+// Whether a planar call splits its work by samples (else by channels, each channel's two
+// passes back to back on one core: the second finds the channel in L2 when it fits). By
+// samples when every thread gets a sample and a thread's share of the input (at most 4 MiB)
+// stays in cache between the passes: then a layer reads what the same core's convolution
+// wrote, and its output is where the next layer's thread reads it. Cross-core traffic is what
+// grows most when the machine is busy: in a LeNet step (batch 64 or 256) with the machine
+// slowed by its neighbours, splitting by samples took the BN layers' cost over LeNet without
+// BN from ~1.22x to ~1.12x. $BNLAB_PLANAR_SPLIT=samples|channels overrides (tests, tuning).
+bool split_by_samples(const Layout& lay, int64_t itemsize) {
+  if (lay.rows) return false;
+  if (const char* force = std::getenv("BNLAB_PLANAR_SPLIT")) {
+    if (std::strcmp(force, "samples") == 0) return true;
+    if (std::strcmp(force, "channels") == 0) return false;
+  }
+  const int64_t threads = at::get_num_threads();
+  return lay.n >= threads && lay.n * lay.c * lay.l * itemsize <= threads * (int64_t{4} << 20);
+}
+
 // The raw ops are public (torch.ops.bnlab.*): per-channel tensors must match the input's
 // channels, dtype and device, and be contiguous, or the kernels would read out of bounds.
 void check_channel_tensor(const Tensor& x, const c10::optional<Tensor>& t, const char* name) {

@@ -4,8 +4,9 @@
 // C++, so no Python runs in backward) and the raw kernels torch.ops.bnlab.{forward_train,
 // forward_eval, backward, backward_act}. Two memory layouts:
 //   planar: x contiguous as (N, C, L): every (n, c) row of L values is contiguous; threads
-//           take whole channels, and each channel's two passes run back to back (the second
-//           finds the channel in cache);
+//           take blocks of samples (as the layers around it do) with per-thread partial
+//           sums, or for large inputs whole channels, each channel's two passes back to
+//           back (the second finds the channel in cache): see split_by_samples;
 //   rows:   x as (M, C) rows of C values: 2-D input, and channels_last input (N, *, C);
 //           threads take row blocks with per-thread partial sums.
 // An activation (ReLU or sigmoid) may follow the affine transform in the same pass; its
@@ -27,9 +28,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
