@@ -2,7 +2,9 @@
 
 A reader sees either the old file or the complete new one, never a part: an interrupted
 write leaves at most a hidden ``.<name>.*.part`` temp file, a name nothing ever reads.
-Only the standard library is used (tests load this module on its own in a child process).
+Used for data caches, metrics and plots; checkpoints (whole directories) build on
+:func:`fsync_directory`. Only the standard library is used (tests load this module on its
+own in a child process).
 """
 
 from __future__ import annotations
@@ -17,14 +19,24 @@ from typing import BinaryIO
 PART_SUFFIX = ".part"
 
 
-def fsync_directory(directory: Path) -> None:
-    """Flush a directory entry change (a rename) to disk; a no-op where unsupported."""
-    with suppress(OSError):
+def fsync_directory(directory: Path, *, strict: bool = False) -> None:
+    """Make the renames inside ``directory`` durable (fsync the directory itself).
+
+    A no-op where directories cannot be opened (not POSIX). Otherwise a failure raises
+    OSError when ``strict``, and is ignored when not (the file itself was fsynced already;
+    only the rename's durability is at stake).
+    """
+    if os.name != "posix":
+        return
+    try:
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except OSError:
+        if strict:
+            raise
 
 
 @contextmanager

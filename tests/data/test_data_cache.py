@@ -11,9 +11,9 @@ import textwrap
 import numpy as np
 import pytest
 
+from bnlab import atomic_files as atomic_module
+from bnlab.atomic_files import atomic_write
 from bnlab.data import TRAIN, DatasetError, DecodedCache, FileSpec, encode_idx, locate, read, verify
-from bnlab.data import atomic as atomic_module
-from bnlab.data.atomic import atomic_write
 from bnlab.data.read import read_idx_verified
 
 IMAGES = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)

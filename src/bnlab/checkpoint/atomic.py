@@ -24,20 +24,11 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
 
+from ..atomic_files import fsync_directory
+
 __all__ = ["find_directory", "fsync_directory", "replace_directory", "write_file"]
 
 _TMP, _OLD = "tmp", "old"
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make renames inside ``directory`` durable; a no-op where directories cannot be opened."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -77,7 +68,7 @@ def _recover(target: Path, is_complete: Callable[[Path], bool]) -> None:
     found = find_directory(target, is_complete)
     if found is not None and found != target:
         os.rename(found, target)
-        fsync_directory(target.parent)
+        fsync_directory(target.parent, strict=True)
     for stale in _siblings(target, _TMP) + _siblings(target, _OLD):
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -97,7 +88,7 @@ def replace_directory(
     try:
         for name, data in files.items():
             write_file(tmp / name, data)
-        fsync_directory(tmp)
+        fsync_directory(tmp, strict=True)
     except Exception:  # an I/O error, not a crash: leave no debris behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -114,6 +105,6 @@ def replace_directory(
                 os.rename(old, target)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_directory(target.parent)
+    fsync_directory(target.parent, strict=True)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)  # the new copy is in place; debris goes next save

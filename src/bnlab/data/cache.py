@@ -15,7 +15,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import write_bytes_atomically
+from ..atomic_files import write_bytes_atomically
 from .verify import FileSpec, sha256_hex
 
 

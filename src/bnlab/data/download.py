@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from .atomic import atomic_write
+from ..atomic_files import atomic_write
 from .errors import FIX_MISSING, DatasetError
 from .idx import gunzip, parse_idx, read_file
 from .verify import FileSpec, check_against_spec

@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data.atomic import write_bytes_atomically
+from ..atomic_files import write_bytes_atomically
 from ..memory import format_bytes
 from .config import TrainConfig
 from .plots import plot_overlay

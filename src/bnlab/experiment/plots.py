@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..data.atomic import write_bytes_atomically
+from ..atomic_files import write_bytes_atomically
 from ..train import History
 
 __all__ = ["plot_curves", "plot_overlay"]

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..atomic_files import write_bytes_atomically
 from ..checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -33,7 +34,6 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..data import load_data_fashion_mnist
-from ..data.atomic import write_bytes_atomically
 from ..data.loader import TensorLoader
 from ..device import select_device
 from ..distributed import (
