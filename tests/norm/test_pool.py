@@ -123,6 +123,8 @@ def test_bad_pool_values_and_ranks_are_refused():
         BF.batch_norm(torch.randn(4, 3, 6), None, None, training=True, pool=2)
     with pytest.raises(ValueError, match="pool must be None or 2"):
         bnlab.BatchNorm2d(3, pool=4)
+    with pytest.raises(ValueError, match=r"H and W of at least 2.*\(4, 3, 1, 5\)"):
+        bnlab.BatchNorm2d(3, pool=2)(torch.randn(4, 3, 1, 5))
 
 
 def test_module_setting_repr_state_dict_and_shapes():

@@ -177,6 +177,9 @@ def batch_norm(
         check_pool(pool)
         if input.dim() != 4:
             raise ValueError(f"pool=2 needs 4D (N, C, H, W) input, got {input.dim()}D input")
+        if input.shape[2] < 2 or input.shape[3] < 2:
+            raise ValueError("pool=2 needs H and W of at least 2 (one 2x2 window), got "
+                             f"input of shape {tuple(input.shape)}")
     path = "reference"
     if input.numel() > 0:
         path = select_kernel(kernel, input, (weight, bias, running_mean, running_var))

@@ -92,8 +92,9 @@ class SyncBatchNorm(BatchNormBase):
         if group is None:
             return super().forward(input)
         self._check_input_dim(input)
-        if self.pool is not None and input.dim() != 4:
-            raise ValueError(f"pool=2 needs 4D (N, C, H, W) input, got {input.dim()}D input")
+        if self.pool is not None and (input.dim() != 4 or min(input.shape[2:]) < 2):
+            raise ValueError("pool=2 needs 4D (N, C, H, W) input with H and W of at least 2, "
+                             f"got input of shape {tuple(input.shape)}")
         if input.shape[1] != self.num_features:
             raise ValueError(
                 f"SyncBatchNorm({self.num_features}) got input with {input.shape[1]} channels "
