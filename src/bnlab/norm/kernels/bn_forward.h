@@ -39,67 +39,6 @@ void rows_shifted_sums(const T* x, const Layout& lay, std::vector<double>& s1,
   s2.assign(both.begin() + C, both.end());
 }
 
-// One (n, c) plane of L values: q = act((p - m) * s + b); with pooling (W > 0: the plane's
-// width) q gets its 2x2 average, each pair of activated rows formed in ``rows`` (2W values).
-template <int ACT, typename T>
-inline void apply_plane(const T* p, T* q, int64_t L, int64_t W, T m, T s, T b, T* rows) {
-  if (!W) {
-#pragma omp simd
-    for (int64_t i = 0; i < L; ++i) q[i] = activate<ACT>((p[i] - m) * s + b);
-    return;
-  }
-  for (int64_t h = 0; h < L / W; h += 2) {
-    const T* in = p + h * W;
-#pragma omp simd
-    for (int64_t i = 0; i < 2 * W; ++i) rows[i] = activate<ACT>((in[i] - m) * s + b);
-    pool_rows(rows, rows + W, q + (h / 2) * (W / 2), W);
-  }
-}
-
-// Planar layout: channel c's sums of (x - k) and (x - k)^2 over samples [n0, n1), added to
-// a and b, through kSpan independent accumulators (see kSpan).
-template <typename T>
-inline void channel_shifted_sums(const T* x, int64_t C, int64_t L, int64_t c, int64_t n0,
-                                 int64_t n1, double k, double& a, double& b) {
-  double la[kSpan] = {}, lb[kSpan] = {};
-  for (int64_t n = n0; n < n1; ++n) {
-    const T* p = x + (n * C + c) * L;
-    int64_t i = 0;
-    for (; i + kSpan <= L; i += kSpan) {
-#pragma omp simd
-      for (int64_t j = 0; j < kSpan; ++j) {
-        const double d = static_cast<double>(p[i + j]) - k;
-        la[j] += d;
-        lb[j] += d * d;
-      }
-    }
-    for (int64_t j = 0; i < L; ++i, ++j) {
-      const double d = static_cast<double>(p[i]) - k;
-      la[j] += d;
-      lb[j] += d * d;
-    }
-  }
-  for (int64_t j = 0; j < kSpan; ++j) {
-    a += la[j];
-    b += lb[j];
-  }
-}
-
-// Planar layout split by samples: every channel's shifted sums (shift: its first value).
-template <typename T>
-void planar_shifted_sums(const T* x, const Layout& lay, std::vector<double>& s1,
-                         std::vector<double>& s2, std::vector<double>& shift) {
-  const int64_t C = lay.c, L = lay.l;
-  shift.assign(C, 0.0);
-  for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<double>(x[c * L]);
-  std::vector<double> both;
-  planar_reduce(lay, both, [&](int64_t c, int64_t n0, int64_t n1, double& a, double& b) {
-    channel_shifted_sums(x, C, L, c, n0, n1, shift[c], a, b);
-  });
-  s1.assign(both.begin(), both.begin() + C);
-  s2.assign(both.begin() + C, both.end());
-}
-
 // y = act((x - mean[c]) * scale[c] + shift[c])
 template <int ACT, typename T>
 void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* scale,
@@ -173,40 +112,6 @@ Tensor apply_stats(const Tensor& x, const Layout& lay, const Tensor& mean, const
     affine_apply<kActNone, T>(xp, yp, lay, m, sc, sh);
   }
   return y;
-}
-
-// Planar layout, training: each channel's statistics, running-statistic update and output
-// in turn, so the second pass over a channel (N * L values) reads it from this core's L2
-// cache instead of from memory shared with everything else.
-template <int ACT, typename T>
-void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const T* b,
-                          T* mean, T* invstd, T* rm, T* rv, double momentum, double eps) {
-  const int64_t N = lay.n, C = lay.c, L = lay.l, W = lay.pool_w, out_l = W ? L / 4 : L;
-  const double count = static_cast<double>(N) * L;
-  at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
-                   [&](int64_t c0, int64_t c1) {
-    std::vector<T> rows(2 * W);
-    for (int64_t c = c0; c < c1; ++c) {
-      const double k = static_cast<double>(x[c * L]);
-      double a = 0.0, bb = 0.0;
-      channel_shifted_sums(x, C, L, c, 0, N, k, a, bb);
-      const double d = a / count;
-      const double var = std::max(0.0, (bb - a * d) / count);
-      const T m = static_cast<T>(k + d);
-      const T is = static_cast<T>(1.0 / std::sqrt(var + eps));
-      mean[c] = m;
-      invstd[c] = is;
-      if (rm) rm[c] = static_cast<T>((1.0 - momentum) * rm[c] + momentum * (k + d));
-      if (rv) {
-        rv[c] = static_cast<T>((1.0 - momentum) * rv[c] + momentum * var * count / (count - 1.0));
-      }
-      const T sc = w ? is * w[c] : is, sh = b ? b[c] : T(0);
-      for (int64_t n = 0; n < N; ++n) {
-        apply_plane<ACT>(x + (n * C + c) * L, y + (n * C + c) * out_l, L, W, m, sc, sh,
-                         rows.data());
-      }
-    }
-  });
 }
 
 void check_forward_args(const Tensor& input, const c10::optional<Tensor>& weight,

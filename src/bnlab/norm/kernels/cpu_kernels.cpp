@@ -46,6 +46,7 @@ constexpr int64_t kGrain = 1 << 15;  // elements of work below which one thread 
 #include "autograd_node.h"
 #include "bn_activation.h"
 #include "bn_layout.h"
+#include "bn_planar.h"
 #include "bn_forward.h"
 #include "bn_backward.h"
 
