@@ -37,3 +37,12 @@ def kernel(request, monkeypatch):
         pytest.skip(NO_TRITON)
     monkeypatch.setenv("BNLAB_KERNEL", request.param)
     return request.param
+
+
+@pytest.fixture(params=["samples", "channels"])
+def planar_split(request, monkeypatch, kernel):
+    """How the fused kernels split planar work between threads (forced both ways)."""
+    if request.param == "channels" and kernel != "fused":
+        pytest.skip("the split is the fused kernels' choice")
+    monkeypatch.setenv("BNLAB_PLANAR_SPLIT", request.param)
+    return request.param

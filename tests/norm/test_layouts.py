@@ -24,15 +24,6 @@ def assert_step_matches(ours, theirs, x, dy, y_tol, grad_tol):
     torch.testing.assert_close(xa.grad, xb.grad, rtol=grad_tol, atol=grad_tol)
 
 
-@pytest.fixture(params=["samples", "channels"])
-def planar_split(request, monkeypatch, kernel):
-    """How the fused kernels split planar work between threads (forced both ways)."""
-    if request.param == "channels" and kernel != "fused":
-        pytest.skip("the split is the fused kernels' choice")
-    monkeypatch.setenv("BNLAB_PLANAR_SPLIT", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("activation", [None, "sigmoid"])
 def test_layouts_match_torch_in_float64(shape, activation, planar_split):

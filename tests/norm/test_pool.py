@@ -27,15 +27,6 @@ def _small(kernel, shape):
     return (4, *shape[1:]) if kernel == "triton" else shape
 
 
-@pytest.fixture(params=["samples", "channels"])
-def planar_split(request, monkeypatch, kernel):
-    """How the fused kernels split planar work between threads (forced both ways)."""
-    if request.param == "channels" and kernel != "fused":
-        pytest.skip("the split is the fused kernels' choice")
-    monkeypatch.setenv("BNLAB_PLANAR_SPLIT", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("shape", [(64, 6, 24, 24), (64, 16, 8, 8), (3, 2, 6, 4)])
 @pytest.mark.parametrize("act", [None, "relu", "sigmoid"])
 @pytest.mark.parametrize("training", [True, False])

@@ -37,9 +37,18 @@ def apply_activation(y: Tensor, activation: str | None) -> Tensor:
     return y
 
 
-def check_pool(pool: int | None) -> None:
+def check_pool(pool: int | None, input: Tensor | None = None) -> None:
+    """``pool`` is None or 2; with 2, ``input`` (when given) holds at least one 2x2 window
+    of an (N, C, H, W) batch."""
     if pool not in (None, 2):
         raise ValueError(f"pool must be None or 2 (2x2 average pooling), got {pool!r}")
+    if pool is None or input is None:
+        return
+    if input.dim() != 4:
+        raise ValueError(f"pool=2 needs 4D (N, C, H, W) input, got {input.dim()}D input")
+    if input.shape[2] < 2 or input.shape[3] < 2:
+        raise ValueError("pool=2 needs H and W of at least 2 (one 2x2 window), got "
+                         f"input of shape {tuple(input.shape)}")
 
 
 def apply_pool(y: Tensor, pool: int | None) -> Tensor:
@@ -174,21 +183,15 @@ def batch_norm(
     _check_args(input, running_mean, running_var, weight, bias, training)
     check_activation(activation)
     if pool is not None:
-        check_pool(pool)
-        if input.dim() != 4:
-            raise ValueError(f"pool=2 needs 4D (N, C, H, W) input, got {input.dim()}D input")
-        if input.shape[2] < 2 or input.shape[3] < 2:
-            raise ValueError("pool=2 needs H and W of at least 2 (one 2x2 window), got "
-                             f"input of shape {tuple(input.shape)}")
+        check_pool(pool, input)
     path = "reference"
     if input.numel() > 0:
         path = select_kernel(kernel, input, (weight, bias, running_mean, running_var))
     if path == "fused":
         fused_pool = pool if pool is not None and fused_poolable(input) else None
-        return apply_pool(fused_batch_norm(input, weight, bias, running_mean, running_var,
-                                           training, momentum, eps, activation,
-                                           num_batches_tracked, fused_pool),
-                          None if fused_pool else pool)
+        out = fused_batch_norm(input, weight, bias, running_mean, running_var, training,
+                               momentum, eps, activation, num_batches_tracked, fused_pool)
+        return out if fused_pool else apply_pool(out, pool)
     if path == "triton" and (running_mean is None) == (running_var is None):
         return apply_pool(triton_batch_norm(input, weight, bias, running_mean, running_var,
                                             training, momentum, eps, activation,

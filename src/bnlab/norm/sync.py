@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .convert import is_batch_norm, swap_layer
-from .functional import apply_activation, apply_pool, update_running_stats
+from .functional import apply_activation, apply_pool, check_pool, update_running_stats
 from .modules import BatchNormBase
 from .sync_autograd import SyncBatchNormFunction, sync_batch_stats
 
@@ -92,9 +92,7 @@ class SyncBatchNorm(BatchNormBase):
         if group is None:
             return super().forward(input)
         self._check_input_dim(input)
-        if self.pool is not None and (input.dim() != 4 or min(input.shape[2:]) < 2):
-            raise ValueError("pool=2 needs 4D (N, C, H, W) input with H and W of at least 2, "
-                             f"got input of shape {tuple(input.shape)}")
+        check_pool(self.pool, input)
         if input.shape[1] != self.num_features:
             raise ValueError(
                 f"SyncBatchNorm({self.num_features}) got input with {input.shape[1]} channels "

@@ -79,9 +79,9 @@ std::tuple<Tensor, Tensor, Tensor> backward_act(const Tensor& grad_out, const Te
   check_activation(activation);
   check_input(input, false);
   auto [x, lay] = canonical_pooled(input, pool);
-  TORCH_CHECK(grad_out.sizes() == c10::IntArrayRef(output_shape(input, lay)),
-              "bnlab: grad_out has shape ", grad_out.sizes(), ", the ",
-              pool == 2 ? "pooled output " : "input ", c10::IntArrayRef(output_shape(input, lay)));
+  const std::vector<int64_t> out_shape = output_shape(input, lay);
+  TORCH_CHECK(grad_out.sizes() == c10::IntArrayRef(out_shape), "bnlab: grad_out has shape ",
+              grad_out.sizes(), ", the ", pool == 2 ? "pooled output " : "input ", out_shape);
   check_channel_tensor(input, mean, "mean");
   check_channel_tensor(input, invstd, "invstd");
   check_channel_tensor(input, weight, "weight");
@@ -150,16 +150,11 @@ std::tuple<Tensor, Tensor, Tensor> backward_act(const Tensor& grad_out, const Te
       scalar_t* p = k + C;
       scalar_t* q = p + C;
       for (int64_t c = 0; c < C; ++c) {
-        const double kc = static_cast<double>(is[c]) * (has_w ? static_cast<double>(w[c]) : 1.0);
-        k[c] = static_cast<scalar_t>(kc);
-        if (train) {
-          const double i2 = static_cast<double>(is[c]) * is[c];
-          p[c] = static_cast<scalar_t>(-kc * i2 * sdyx[c] / count);
-          q[c] = static_cast<scalar_t>(-kc * sdy[c] / count);
-        } else {
-          p[c] = 0;
-          q[c] = 0;
-        }
+        const auto kpq = grad_coefficients<scalar_t>(
+            is[c], has_w ? static_cast<double>(w[c]) : 1.0, sdy[c], sdyx[c], count, train);
+        k[c] = kpq[0];
+        p[c] = kpq[1];
+        q[c] = kpq[2];
       }
       dx = activation != kActNone ? dy : at::empty_like(x);  // dy is then our own dz
       rows_grad_input<scalar_t>(x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),

@@ -100,7 +100,7 @@ Tensor apply_stats(const Tensor& x, const Layout& lay, const Tensor& mean, const
                    const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
                    int64_t act) {
   auto [scale, shift] = scale_shift<T>(invstd, weight, bias);
-  Tensor y = lay.pool_w ? at::empty(output_shape(x, lay), x.options()) : at::empty_like(x);
+  Tensor y = new_output(x, lay);
   const T* xp = x.data_ptr<T>();
   const T *m = mean.data_ptr<T>(), *sc = scale.data(), *sh = shift.data();
   T* yp = y.data_ptr<T>();
@@ -139,7 +139,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_train(
   Tensor invstd = at::empty({C}, x.options());
   Tensor y;
   if (!lay.rows && !split_by_samples(lay, x.element_size())) {
-    y = lay.pool_w ? at::empty(output_shape(x, lay), x.options()) : at::empty_like(x);
+    y = new_output(x, lay);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_train", [&] {
       auto ptr = [](const c10::optional<Tensor>& t) {
         return t.has_value() && t->defined() ? t->data_ptr<scalar_t>() : nullptr;

@@ -58,6 +58,23 @@ std::vector<int64_t> output_shape(const Tensor& x, const Layout& lay) {
   return shape;
 }
 
+// A new output for x: (N, C, H/2, W/2) when pooled, else shaped (and laid out) as x.
+Tensor new_output(const Tensor& x, const Layout& lay) {
+  return lay.pool_w ? at::empty(output_shape(x, lay), x.options()) : at::empty_like(x);
+}
+
+// dx = k*dz + (x - mean)*p + q per channel, from the channel's invstd, weight (1 without
+// one) and sums a = sum(dz), b = sum(dz * (x - mean)) over its ``count`` values; without
+// ``train`` the statistics were constants: p = q = 0. Returns {k, p, q}.
+template <typename T>
+std::array<T, 3> grad_coefficients(double invstd, double weight, double a, double b,
+                                   double count, bool train) {
+  const double k = invstd * weight;
+  if (!train) return {static_cast<T>(k), T(0), T(0)};
+  return {static_cast<T>(k), static_cast<T>(-k * (invstd * invstd) * b / count),
+          static_cast<T>(-k * a / count)};
+}
+
 // One pooled output row from two activated input rows r0, r1 (W values each), in torch's
 // avg_pool2d order (as bnlab's pooling kernel sums): the result is exactly pool(act(...)).
 template <typename T>
@@ -85,6 +102,27 @@ inline void unpool_plane(const T* g, T* out, int64_t L, int64_t W) {
   }
 }
 
+// Per-thread partial sums of 2C values (C of a, then C of b), added across threads into
+// ``out``: ``split(body)`` runs ``body(lo, hi)`` on the threads' ranges; body(lo, hi, acc)
+// adds its range's sums to its thread's ``acc`` (2C values).
+template <typename Split, typename Body>
+void per_thread_sums(int64_t C, std::vector<double>& out, Split&& split, Body&& body) {
+  const int threads = at::get_num_threads();
+  std::vector<double> partial(static_cast<size_t>(threads) * 2 * C, 0.0);
+  std::vector<char> used(threads, 0);
+  split([&](int64_t lo, int64_t hi) {
+    const int t = at::get_thread_num();
+    used[t] = 1;
+    body(lo, hi, partial.data() + static_cast<size_t>(t) * 2 * C);
+  });
+  out.assign(static_cast<size_t>(2) * C, 0.0);
+  for (int t = 0; t < threads; ++t) {
+    if (!used[t]) continue;
+    const double* acc = partial.data() + static_cast<size_t>(t) * 2 * C;
+    for (int64_t j = 0; j < 2 * C; ++j) out[j] += acc[j];
+  }
+}
+
 // Rows layout: per-channel sums over rows. Threads take blocks of rows; each walks its rows
 // in tiles of kTileRows, and within a tile channel block by channel block (kLanes channels),
 // handing ``tile_fn(r0, r1, c0, width, a, b)`` two kLanes-wide accumulators to fill with
@@ -101,14 +139,10 @@ constexpr int64_t kSpan = 32;
 
 template <typename F>
 void rows_reduce(int64_t M, int64_t C, std::vector<double>& out, F&& tile_fn) {
-  const int threads = at::get_num_threads();
-  std::vector<double> partial(static_cast<size_t>(threads) * 2 * C, 0.0);
-  std::vector<char> used(threads, 0);
-  at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)),
-                   [&](int64_t m0, int64_t m1) {
-    const int t = at::get_thread_num();
-    used[t] = 1;
-    double* acc = partial.data() + static_cast<size_t>(t) * 2 * C;
+  auto split = [&](auto&& fn) {
+    at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)), fn);
+  };
+  per_thread_sums(C, out, split, [&](int64_t m0, int64_t m1, double* acc) {
     for (int64_t r0 = m0; r0 < m1; r0 += kTileRows) {
       const int64_t r1 = std::min(m1, r0 + kTileRows);
       for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
@@ -122,12 +156,6 @@ void rows_reduce(int64_t M, int64_t C, std::vector<double>& out, F&& tile_fn) {
       }
     }
   });
-  out.assign(static_cast<size_t>(2) * C, 0.0);
-  for (int t = 0; t < threads; ++t) {
-    if (!used[t]) continue;
-    const double* acc = partial.data() + static_cast<size_t>(t) * 2 * C;
-    for (int64_t j = 0; j < 2 * C; ++j) out[j] += acc[j];
-  }
 }
 
 // Planar layout, split by samples: threads take blocks of whole samples, the same blocks in
@@ -144,21 +172,10 @@ void planar_samples_for(const Layout& lay, F&& fn) {
 template <typename F>
 void planar_reduce(const Layout& lay, std::vector<double>& out, F&& channel_fn) {
   const int64_t C = lay.c;
-  const int threads = at::get_num_threads();
-  std::vector<double> partial(static_cast<size_t>(threads) * 2 * C, 0.0);
-  std::vector<char> used(threads, 0);
-  planar_samples_for(lay, [&](int64_t n0, int64_t n1) {
-    const int t = at::get_thread_num();
-    used[t] = 1;
-    double* acc = partial.data() + static_cast<size_t>(t) * 2 * C;
+  auto split = [&](auto&& fn) { planar_samples_for(lay, fn); };
+  per_thread_sums(C, out, split, [&](int64_t n0, int64_t n1, double* acc) {
     for (int64_t c = 0; c < C; ++c) channel_fn(c, n0, n1, acc[c], acc[C + c]);
   });
-  out.assign(static_cast<size_t>(2) * C, 0.0);
-  for (int t = 0; t < threads; ++t) {
-    if (!used[t]) continue;
-    const double* acc = partial.data() + static_cast<size_t>(t) * 2 * C;
-    for (int64_t j = 0; j < 2 * C; ++j) out[j] += acc[j];
-  }
 }
 
 // Whether a planar call splits its work by samples (else by channels, each channel's two

@@ -178,14 +178,10 @@ struct PlanarGrad {
     }
   }
 
-  // dx = k*dz + (x - mean)*p + q for channel c: k, p, q from its sums (count: values per
-  // channel; without ``train`` the statistics were constants: p = q = 0).
+  // The dx pass's coefficients for channel c (see grad_coefficients).
   std::array<T, 3> coefficients(int64_t c, double a, double bb, double count, bool train) const {
-    const double is = invstd[c];
-    const double kd = is * (w ? static_cast<double>(w[c]) : 1.0);
-    if (!train) return {static_cast<T>(kd), T(0), T(0)};
-    return {static_cast<T>(kd), static_cast<T>(-kd * is * is * bb / count),
-            static_cast<T>(-kd * a / count)};
+    return grad_coefficients<T>(invstd[c], w ? static_cast<double>(w[c]) : 1.0, a, bb, count,
+                                train);
   }
 
   // Channel c over samples [n0, n1): the dx pass.
