@@ -60,11 +60,11 @@ void affine_apply(const T* x, T* y, const Layout& lay, const T* mean, const T* s
   }
   const int64_t W = lay.pool_w, out_l = W ? L / 4 : L;
   auto planes = [&](int64_t j0, int64_t j1) {  // planes j = n * C + c
-    std::vector<T> rows(2 * W);
+    std::vector<T> scratch(pool_scratch(lay));
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t c = j % C;
       apply_plane<ACT>(x + j * L, y + j * out_l, L, W, mean[c], scale[c], shift[c],
-                       rows.data());
+                       scratch.data());
     }
   };
   if (split_by_samples(lay, sizeof(T))) {  // the blocks of samples the statistics pass took

@@ -75,30 +75,55 @@ std::array<T, 3> grad_coefficients(double invstd, double weight, double a, doubl
           static_cast<T>(-k * a / count)};
 }
 
-// One pooled output row from two activated input rows r0, r1 (W values each), in torch's
-// avg_pool2d order (as bnlab's pooling kernel sums): the result is exactly pool(act(...)).
+// Scratch values per thread for a pooled plane's passes (apply_plane, unpool_plane): 2L.
+inline int64_t pool_scratch(const Layout& lay) { return lay.pool_w ? 2 * lay.l : 0; }
+
+// 2x2 average pooling, stride 2, of one activated plane a (H x W = L values, H and W even)
+// into out ((H/2) x (W/2)), in torch's avg_pool2d order (as bnlab's pooling kernel sums): the
+// result is exactly pool(a). The even rows and the odd rows are first copied into two
+// (H/2) x W blocks, so that the sums run as one loop over the plane: a loop per row pair
+// (LeNet's rows are 24 and 8 values wide) kept the vector units mostly idle. ``scratch``: L
+// values.
 template <typename T>
-inline void pool_rows(const T* r0, const T* r1, T* out, int64_t W) {
+inline void pool_plane(const T* a, T* out, int64_t L, int64_t W, T* scratch) {
+  T* even = scratch;
+  T* odd = scratch + L / 2;
+  for (int64_t h = 0; h < L / W; h += 2) {
+    const T* src = a + h * W;
+    T* e = even + (h / 2) * W;
+    T* o = odd + (h / 2) * W;
 #pragma omp simd
-  for (int64_t j = 0; j < W / 2; ++j) {
-    out[j] = (((r0[2 * j] + r0[2 * j + 1]) + r1[2 * j]) + r1[2 * j + 1]) * T(0.25);
+    for (int64_t i = 0; i < W; ++i) {
+      e[i] = src[i];
+      o[i] = src[W + i];
+    }
+  }
+#pragma omp simd
+  for (int64_t k = 0; k < L / 4; ++k) {
+    out[k] = (((even[2 * k] + even[2 * k + 1]) + odd[2 * k]) + odd[2 * k + 1]) * T(0.25);
   }
 }
 
 // avg_pool2d's gradient for one plane: each of the H x W inputs gets its window's output
-// gradient / 4 (g: (H/2) x (W/2) values; out: H x W).
+// gradient / 4 (g: (H/2) x (W/2) values; out: H x W). Each pooled row is spread across in
+// one loop over the plane, into ``half`` ((H/2) x W: L/2 scratch values), then copied to its
+// two rows.
 template <typename T>
-inline void unpool_plane(const T* g, T* out, int64_t L, int64_t W) {
+inline void unpool_plane(const T* g, T* out, int64_t L, int64_t W, T* half) {
+#pragma omp simd
+  for (int64_t k = 0; k < L / 4; ++k) {
+    const T v = g[k] * T(0.25);
+    half[2 * k] = v;
+    half[2 * k + 1] = v;
+  }
   for (int64_t h = 0; h < L / W; h += 2) {
-    const T* gr = g + (h / 2) * (W / 2);
+    const T* s = half + (h / 2) * W;
     T* o = out + h * W;
 #pragma omp simd
-    for (int64_t j = 0; j < W / 2; ++j) {
-      const T v = gr[j] * T(0.25);
-      o[2 * j] = v;
-      o[2 * j + 1] = v;
+    for (int64_t i = 0; i < W; ++i) {
+      o[i] = s[i];
+      o[W + i] = s[i];
     }
-    std::copy(o, o + W, o + W);
   }
 }
 

@@ -8,20 +8,14 @@
 // ---- forward ----------------------------------------------------------------------------
 
 // One (n, c) plane of L values: q = act((p - m) * s + b); with pooling (W > 0: the plane's
-// width) q gets its 2x2 average, each pair of activated rows formed in ``rows`` (2W values).
+// width) q gets its 2x2 average, the plane activated into ``scratch`` first (2L values: see
+// pool_scratch).
 template <int ACT, typename T>
-inline void apply_plane(const T* p, T* q, int64_t L, int64_t W, T m, T s, T b, T* rows) {
-  if (!W) {
+inline void apply_plane(const T* p, T* q, int64_t L, int64_t W, T m, T s, T b, T* scratch) {
+  T* a = W ? scratch : q;
 #pragma omp simd
-    for (int64_t i = 0; i < L; ++i) q[i] = activate<ACT>((p[i] - m) * s + b);
-    return;
-  }
-  for (int64_t h = 0; h < L / W; h += 2) {
-    const T* in = p + h * W;
-#pragma omp simd
-    for (int64_t i = 0; i < 2 * W; ++i) rows[i] = activate<ACT>((in[i] - m) * s + b);
-    pool_rows(rows, rows + W, q + (h / 2) * (W / 2), W);
-  }
+  for (int64_t i = 0; i < L; ++i) a[i] = activate<ACT>((p[i] - m) * s + b);
+  if (W) pool_plane(a, q, L, W, scratch + L);
 }
 
 // Planar layout: channel c's sums of (x - k) and (x - k)^2 over samples [n0, n1), added to
@@ -78,7 +72,7 @@ void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const
   const double count = static_cast<double>(N) * L;
   at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
                    [&](int64_t c0, int64_t c1) {
-    std::vector<T> rows(2 * W);
+    std::vector<T> scratch(pool_scratch(lay));
     for (int64_t c = c0; c < c1; ++c) {
       const double k = static_cast<double>(x[c * L]);
       double a = 0.0, bb = 0.0;
@@ -96,7 +90,7 @@ void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const
       const T sc = w ? is * w[c] : is, sh = b ? b[c] : T(0);
       for (int64_t n = 0; n < N; ++n) {
         apply_plane<ACT>(x + (n * C + c) * L, y + (n * C + c) * out_l, L, W, m, sc, sh,
-                         rows.data());
+                         scratch.data());
       }
     }
   });
@@ -120,11 +114,12 @@ struct PlanarGrad {
       : x(x_), dy(dy_), dx(dx_), C(lay.c), L(lay.l), W(lay.pool_w),
         dy_l(lay.pool_w ? lay.l / 4 : lay.l), mean(mean_), invstd(invstd_), w(w_), b(b_) {}
 
-  // dy of plane (n, c): L values (with pooling, spread into ``spread`` first)
+  // dy of plane (n, c): L values (with pooling, spread into ``spread`` first: 2L scratch
+  // values, see pool_scratch)
   const T* grad_plane(int64_t n, int64_t c, T* spread) const {
     const T* g = dy + (n * C + c) * dy_l;
     if (!W) return g;
-    unpool_plane(g, spread, L, W);
+    unpool_plane(g, spread, L, W, spread + L);
     return spread;
   }
 
@@ -211,7 +206,7 @@ void planar_backward(const PlanarGrad<T>& g, const Layout& lay, bool train,
   sdyx.assign(C, 0.0);
   at::parallel_for(0, C, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * L)),
                    [&](int64_t c0, int64_t c1) {
-    std::vector<T> spread(lay.pool_w ? L : 0);
+    std::vector<T> spread(pool_scratch(lay));
     for (int64_t c = c0; c < c1; ++c) {
       g.template sums<ACT>(c, 0, N, sdy[c], sdyx[c], spread.data());
       if (g.dx) {
@@ -231,7 +226,7 @@ void planar_backward_by_samples(const PlanarGrad<T>& g, const Layout& lay, bool 
   const double count = static_cast<double>(lay.n) * L;
   std::vector<double> both;
   planar_reduce(lay, both, [&](int64_t c, int64_t n0, int64_t n1, double& a, double& b) {
-    std::vector<T> spread(lay.pool_w ? L : 0);
+    std::vector<T> spread(pool_scratch(lay));
     g.template sums<ACT>(c, n0, n1, a, b, spread.data());
   });
   sdy.assign(both.begin(), both.begin() + C);
@@ -240,7 +235,7 @@ void planar_backward_by_samples(const PlanarGrad<T>& g, const Layout& lay, bool 
   std::vector<std::array<T, 3>> kpq(C);
   for (int64_t c = 0; c < C; ++c) kpq[c] = g.coefficients(c, sdy[c], sdyx[c], count, train);
   planar_samples_for(lay, [&](int64_t n0, int64_t n1) {
-    std::vector<T> spread(lay.pool_w ? L : 0);
+    std::vector<T> spread(pool_scratch(lay));
     for (int64_t c = 0; c < C; ++c) g.template input_grad<ACT>(c, n0, n1, kpq[c], spread.data());
   });
 }
