@@ -23,28 +23,27 @@ inline void apply_plane(const T* p, T* q, int64_t L, int64_t W, T m, T s, T b, T
 template <typename T>
 inline void channel_shifted_sums(const T* x, int64_t C, int64_t L, int64_t c, int64_t n0,
                                  int64_t n1, double k, double& a, double& b) {
-  double la[kSpan] = {}, lb[kSpan] = {};
+  SpanSums<T> acc;
+  const T kt = static_cast<T>(k);  // one of x's own values
   for (int64_t n = n0; n < n1; ++n) {
     const T* p = x + (n * C + c) * L;
     int64_t i = 0;
     for (; i + kSpan <= L; i += kSpan) {
 #pragma omp simd
       for (int64_t j = 0; j < kSpan; ++j) {
-        const double d = static_cast<double>(p[i + j]) - k;
-        la[j] += d;
-        lb[j] += d * d;
+        const T d = p[i + j] - kt;
+        acc.fa[j] += d;
+        acc.fb[j] += d * d;
       }
+      acc.end_span();
     }
     for (int64_t j = 0; i < L; ++i, ++j) {
       const double d = static_cast<double>(p[i]) - k;
-      la[j] += d;
-      lb[j] += d * d;
+      acc.a[j] += d;
+      acc.b[j] += d * d;
     }
   }
-  for (int64_t j = 0; j < kSpan; ++j) {
-    a += la[j];
-    b += lb[j];
-  }
+  acc.add_to(a, b);
 }
 
 // Planar layout split by samples: every channel's shifted sums (shift: its first value).
@@ -130,15 +129,15 @@ struct PlanarGrad {
     const double md = mean[c];
     const T m = mean[c], is = invstd[c];
     const T sc = w ? is * w[c] : is, sh = b ? b[c] : T(0);
-    double la[kSpan] = {}, lb[kSpan] = {};  // independent accumulators: see kSpan
+    SpanSums<T> acc;
     auto term = [&](const T* p, const T* g, T* o, int64_t i, int64_t j) {
       T gi = g[i];
       if constexpr (ACT != kActNone) {
         gi *= activate_slope<ACT>((p[i] - m) * sc + sh);
         if (o) o[i] = gi;
       }
-      la[j] += static_cast<double>(gi);
-      lb[j] += static_cast<double>(gi) * (static_cast<double>(p[i]) - md);
+      acc.a[j] += static_cast<double>(gi);
+      acc.b[j] += static_cast<double>(gi) * (static_cast<double>(p[i]) - md);
     };
     for (int64_t n = n0; n < n1; ++n) {
       const T* p = x + (n * C + c) * L;
@@ -146,31 +145,21 @@ struct PlanarGrad {
       T* o = dx ? dx + (n * C + c) * L : nullptr;
       int64_t i = 0;
       for (; i + kSpan <= L; i += kSpan) {
-        if constexpr (ACT != kActNone) {
-          // The activation's slope in T's full vector width, then the sums in double: in one
-          // loop the compiler vectorized both at double's width (half as many lanes).
-          T local[kSpan];
-          T* dz = o ? o + i : local;
+        T local[kSpan];
+        T* dz = o && ACT != kActNone ? o + i : local;  // with an activation dx keeps dz
 #pragma omp simd
-          for (int64_t j = 0; j < kSpan; ++j) {
-            dz[j] = g[i + j] * activate_slope<ACT>((p[i + j] - m) * sc + sh);
-          }
-#pragma omp simd
-          for (int64_t j = 0; j < kSpan; ++j) {
-            la[j] += static_cast<double>(dz[j]);
-            lb[j] += static_cast<double>(dz[j]) * (static_cast<double>(p[i + j]) - md);
-          }
-        } else {
-#pragma omp simd
-          for (int64_t j = 0; j < kSpan; ++j) term(p, g, o, i + j, j);
+        for (int64_t j = 0; j < kSpan; ++j) {
+          T gi = g[i + j];
+          if constexpr (ACT != kActNone) gi *= activate_slope<ACT>((p[i + j] - m) * sc + sh);
+          dz[j] = gi;
+          acc.fa[j] += gi;
+          acc.fb[j] += gi * (p[i + j] - m);
         }
+        acc.end_span();
       }
       for (int64_t j = 0; i < L; ++i, ++j) term(p, g, o, i, j);
     }
-    for (int64_t j = 0; j < kSpan; ++j) {
-      a += la[j];
-      b_out += lb[j];
-    }
+    acc.add_to(a, b_out);
   }
 
   // The dx pass's coefficients for channel c (see grad_coefficients).
