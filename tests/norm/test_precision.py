@@ -71,6 +71,37 @@ def test_large_mean_small_std_normalizes_like_float64():
     assert (y.double() - ref).abs().mean() < 2e-3
 
 
+# planar in one part per channel, planar over several parts (a channel of > 64K values on
+# the Triton kernels), channels-last, (N, C) rows in one part and over several parts, and
+# sizes no tile divides
+OUTLIER_CASES = [((64, 3, 24, 24), False), ((256, 2, 16, 17), False), ((64, 3, 24, 24), True),
+                 ((4096, 3), False), ((20000, 3), False), ((37, 3, 5, 13), False),
+                 ((37, 5), False)]
+
+
+@pytest.mark.parametrize("shape, channels_last", OUTLIER_CASES)
+def test_statistics_are_exact_when_a_channels_first_value_is_far_from_the_rest(
+        shape, channels_last):
+    # The fused kernels shift each channel's sums by its first value; an outlier there makes
+    # sum(d^2) - sum(d)^2 / n cancel, which only double sums survive (float32 partial sums
+    # gave a 1.7e-4 relative error in the running variance and 0.016 in the output; the
+    # Triton kernels' float32 sums with that shared shift, an output error of 1.1).
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)
+    x[(0, slice(None)) + (0,) * (x.dim() - 2)] = 3e4
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = shape[1]
+    running_mean, running_var = torch.zeros(c), torch.ones(c)
+    y = BF.batch_norm(x, running_mean, running_var, training=True, momentum=1.0)
+    x64 = x.double()
+    dims = (0,) + tuple(range(2, x.dim()))
+    var = x64.var(dim=dims, unbiased=False, keepdim=True)
+    ref = (x64 - x64.mean(dim=dims, keepdim=True)) / torch.sqrt(var + 1e-5)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(running_var.double(), x64.var(dim=dims), rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_channels_last_in_channels_last_out(training):
     layer = bnlab.BatchNorm2d(5).train(training)

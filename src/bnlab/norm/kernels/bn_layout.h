@@ -162,12 +162,13 @@ constexpr int64_t kLanes = 16, kTileRows = 64;
 // another; a single vector accumulator made every span wait for the previous one's add.
 constexpr int64_t kSpan = 32;
 
-// Planar sums: partial sums in the input's type over at most kBlockSpans spans (1,024 values,
-// 32 additions per lane), then added into double accumulators — as torch's own CPU kernels
-// sum each plane in the input's type and the planes in double. Float sums run at twice
-// double's vector width (a LeNet layer's backward sums pass took ~30% less time); rounding
-// stays bounded by the 32 additions a lane makes per block. Blocks run on across planes, so
-// short planes (LeNet's second layer: 64 values) do not add a flush per plane.
+// The planar backward's sums: partial sums in the input's type over at most kBlockSpans spans
+// (1,024 values, 32 additions per lane), then added into double accumulators (torch's CPU
+// backward sums each whole plane in the input's type, then the planes in double). Float sums
+// run at twice double's vector width (a LeNet layer's backward sums pass took ~30% less
+// time); rounding stays bounded by the 32 additions a lane makes per block. Blocks run on
+// across planes, so short planes (LeNet's second layer: 64 values) do not add a flush per
+// plane. (The forward statistics stay in double: see channel_shifted_sums.)
 constexpr int64_t kBlockSpans = 32;
 
 template <typename T>

@@ -18,8 +18,12 @@ the forward kernels for the backward ones.
 
 Statistics (``STATS``): ``PARTIALS`` combines per-part sums written by a ``*_sums`` kernel
 (a large channel split over several programs), ``LOCAL`` computes them in the same program
-(one part: one launch), ``RUNNING`` reads the running statistics (eval). Sums are shifted by
-the channel's first element, so ``E[d^2] - E[d]^2`` does not cancel.
+(one part: one launch), ``RUNNING`` reads the running statistics (eval). Each lane of a
+program's tile sums its values shifted by its own first value (:func:`lane_moments`); the
+lanes, and then the parts, are combined by Chan et al.'s formula for merging means and sums
+of squared deviations, whose terms are all positive. (A shift shared by the whole channel
+cancelled in ``E[d^2] - E[d]^2`` when that one value lay far from the rest.) Means travel
+as offsets from the channel's first value (``ref``), which parts store.
 """
 
 from __future__ import annotations
@@ -49,6 +53,24 @@ def through_activation(g, pre, ACT: tl.constexpr):
         s = tl.sigmoid(pre)
         g = g * s * (1.0 - s)
     return g
+
+@triton.jit
+def lane_count(extent, BLOCK: tl.constexpr):
+    """How many of ``extent`` positions each of ``BLOCK`` lanes visits, stepping by BLOCK
+    (lane i: positions i, i + BLOCK, ...)."""
+    return tl.maximum(extent - tl.arange(0, BLOCK) + (BLOCK - 1), 0) // BLOCK
+
+
+@triton.jit
+def lane_moments(first, ref, cnt, s1, s2):
+    """Each lane's mean, as an offset from ``ref``, and its sum of squared deviations (m2),
+    from its ``cnt`` values' sums ``s1``, ``s2`` of ``d = x - first`` and ``d^2``, ``first``
+    being the lane's first value (lanes without values: 0 and 0). Means are kept as offsets
+    from one of the channel's values, as the sums of differences they come from, so a
+    channel far from zero (1e4 + noise of 0.1) keeps their digits."""
+    n = tl.maximum(cnt, 1.0)
+    return tl.where(cnt > 0, (first - ref) + s1 / n, 0.0), tl.maximum(s2 - s1 * s1 / n, 0.0)
+
 
 @triton.jit
 def load_or(ptr, i, HAS: tl.constexpr, default):

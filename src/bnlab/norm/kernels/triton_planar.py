@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import activate, load_or, through_activation
+from .triton_common import activate, lane_count, lane_moments, load_or, through_activation
 
 
 @triton.jit
@@ -21,19 +21,34 @@ def _planar_tile(c, n0, s0, n_end, C, S, BLOCK_N: tl.constexpr, BLOCK_S: tl.cons
 
 
 @triton.jit
-def _planar_sums(x_ptr, shift, c, n_start, n_end, C, S,
-                 BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
-    """``sum(x - shift)`` and ``sum((x - shift)^2)`` over rows [n_start, n_end) of ``c``."""
+def _sum_all(t):
+    return tl.sum(tl.sum(t, 1), 0)
+
+
+@triton.jit
+def _planar_moments(x_ptr, ref, c, n_start, n_end, C, S,
+                    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
+    """``(mean - ref, m2)`` of channel ``c``'s rows [n_start, n_end): m2 the sum of squared
+    deviations from the mean (see :mod:`.triton_common`: lanes shifted by their own first
+    value, combined exactly)."""
+    offs, mask = _planar_tile(c, n_start, 0, n_end, C, S, BLOCK_N, BLOCK_S)
+    first = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     acc = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
     acc2 = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
     for n0 in range(n_start, n_end, BLOCK_N):
         for s0 in range(0, S, BLOCK_S):
             offs, mask = _planar_tile(c, n0, s0, n_end, C, S, BLOCK_N, BLOCK_S)
-            d = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - shift
+            d = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - first
             d = tl.where(mask, d, 0.0)
             acc += d
             acc2 += d * d
-    return tl.sum(tl.sum(acc, 1), 0), tl.sum(tl.sum(acc2, 1), 0)
+    # values per lane: its rows times its columns
+    cnt = (lane_count(n_end - n_start, BLOCK_N)[:, None]
+           * lane_count(S, BLOCK_S)[None, :]).to(tl.float32)
+    lane_off, lane_m2 = lane_moments(first, ref, cnt, acc, acc2)
+    off = _sum_all(cnt * lane_off) / _sum_all(cnt)
+    dev = lane_off - off
+    return off, _sum_all(lane_m2 + cnt * dev * dev)
 
 
 @triton.jit
@@ -57,16 +72,17 @@ def _planar_grad_sums(dy_ptr, x_ptr, mean, scale, shift_b, c, n_start, n_end, C,
 @triton.jit
 def planar_sums_kernel(x_ptr, part_ptr, N, C, S, rows_per_part,
                        BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Grid (C, P): part[0, c, p], part[1, c, p] = shifted sums of part p of channel c."""
+    """Grid (C, P): part[0, c, p], part[1, c, p] = the mean (as an offset from the channel's
+    first value) and m2 of part p of channel c."""
     c = tl.program_id(0)
     p = tl.program_id(1)
     parts = tl.num_programs(1)
     n_start = p * rows_per_part
     n_end = tl.minimum(n_start + rows_per_part, N)
-    shift = tl.load(x_ptr + c.to(tl.int64) * S).to(tl.float32)
-    s1, s2 = _planar_sums(x_ptr, shift, c, n_start, n_end, C, S, BLOCK_N, BLOCK_S)
-    tl.store(part_ptr + c * parts + p, s1)
-    tl.store(part_ptr + (C + c) * parts + p, s2)
+    ref = tl.load(x_ptr + c.to(tl.int64) * S).to(tl.float32)
+    off, m2 = _planar_moments(x_ptr, ref, c, n_start, n_end, C, S, BLOCK_N, BLOCK_S)
+    tl.store(part_ptr + c * parts + p, off)
+    tl.store(part_ptr + (C + c) * parts + p, m2)
 
 
 @triton.jit
@@ -85,16 +101,20 @@ def planar_forward_kernel(x_ptr, y_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, stats_ptr,
         mean = tl.load(rm_ptr + c).to(tl.float32)
         var = tl.load(rv_ptr + c).to(tl.float32)
     else:
-        shift = tl.load(x_ptr + c.to(tl.int64) * S).to(tl.float32)
+        ref = tl.load(x_ptr + c.to(tl.int64) * S).to(tl.float32)
         if STATS == 1:
-            s1, s2 = _planar_sums(x_ptr, shift, c, 0, N, C, S, BLOCK_N, BLOCK_S)
-        else:
+            off, m2 = _planar_moments(x_ptr, ref, c, 0, N, C, S, BLOCK_N, BLOCK_S)
+        else:  # the parts' moments, combined as the lanes' were
             k = tl.arange(0, BLOCK_P)
-            s1 = tl.sum(tl.load(part_ptr + c * parts + k, mask=k < parts, other=0.0), 0)
-            s2 = tl.sum(tl.load(part_ptr + (C + c) * parts + k, mask=k < parts, other=0.0), 0)
-        d = s1 / count
-        var = tl.maximum(s2 / count - d * d, 0.0)
-        mean = shift + d
+            used = k < parts
+            n_k = tl.minimum(tl.maximum(N - k * rows_per_part, 0), rows_per_part) * 1.0 * S
+            offs = tl.load(part_ptr + c * parts + k, mask=used, other=0.0)
+            m2s = tl.load(part_ptr + (C + c) * parts + k, mask=used, other=0.0)
+            off = tl.sum(n_k * offs, 0) / count
+            dev = offs - off
+            m2 = tl.sum(m2s + n_k * dev * dev, 0)
+        mean = ref + off
+        var = m2 / count
     invstd = tl.rsqrt(var + eps)
     scale = load_or(w_ptr, c, HAS_W, 1.0) * invstd
     shift_b = load_or(b_ptr, c, HAS_B, 0.0)

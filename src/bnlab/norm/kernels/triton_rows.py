@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import activate, through_activation
+from .triton_common import activate, lane_count, lane_moments, through_activation
 
 
 @triton.jit
@@ -38,18 +38,27 @@ def _saved_stats(stats_ptr, w_ptr, b_ptr, cols, cmask, C, HAS_W: tl.constexpr,
 
 
 @triton.jit
-def _rows_sums(x_ptr, shift, c0, n_start, n_end, C,
-               BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per channel: ``sum(x - shift)`` and ``sum((x - shift)^2)`` over [n_start, n_end)."""
+def _rows_moments(x_ptr, ref, c0, n_start, n_end, C,
+                  BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per channel: ``(mean - ref, m2)`` over rows [n_start, n_end), m2 the sum of squared
+    deviations from the mean (see :mod:`.triton_common`: lanes shifted by their own first
+    value, combined exactly)."""
+    offs, mask = _rows_tile(n_start, c0, n_end, C, BLOCK_N, BLOCK_C)
+    first = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     acc = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
     acc2 = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
     for n0 in range(n_start, n_end, BLOCK_N):
         offs, mask = _rows_tile(n0, c0, n_end, C, BLOCK_N, BLOCK_C)
-        d = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - shift[None, :]
+        d = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - first
         d = tl.where(mask, d, 0.0)
         acc += d
         acc2 += d * d
-    return tl.sum(acc, 0), tl.sum(acc2, 0)
+    cnt = tl.broadcast_to(lane_count(n_end - n_start, BLOCK_N)[:, None].to(tl.float32),
+                          (BLOCK_N, BLOCK_C))
+    lane_off, lane_m2 = lane_moments(first, ref[None, :], cnt, acc, acc2)
+    off = tl.sum(cnt * lane_off, 0) / tl.maximum(tl.sum(cnt, 0), 1.0)
+    dev = lane_off - off[None, :]
+    return off, tl.sum(lane_m2 + cnt * dev * dev, 0)
 
 
 @triton.jit
@@ -81,20 +90,35 @@ def _combine(part_ptr, cols, cmask, C, parts, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
+def _combine_moments(part_ptr, cols, cmask, N, C, parts, rows_per_part,
+                     BLOCK_P: tl.constexpr):
+    """Each channel's ``(mean - ref, m2)`` from its parts' (combined as the lanes' are)."""
+    k = tl.arange(0, BLOCK_P)
+    m = cmask[:, None] & (k < parts)[None, :]
+    n_k = tl.minimum(tl.maximum(N - k * rows_per_part, 0), rows_per_part) * 1.0
+    offs = tl.load(part_ptr + cols[:, None] * parts + k[None, :], mask=m, other=0.0)
+    m2s = tl.load(part_ptr + (C + cols)[:, None] * parts + k[None, :], mask=m, other=0.0)
+    off = tl.sum(n_k[None, :] * offs, 1) / (N * 1.0)
+    dev = offs - off[:, None]
+    return off, tl.sum(m2s + n_k[None, :] * dev * dev, 1)
+
+
+@triton.jit
 def rows_sums_kernel(x_ptr, part_ptr, N, C, rows_per_part,
                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """part[0, c, p], part[1, c, p] = shifted sums of part p of channel c."""
+    """part[0, c, p], part[1, c, p] = the mean (as an offset from the channel's first value)
+    and m2 of part p of channel c."""
     p = tl.program_id(1)
     parts = tl.num_programs(1)
     c0 = tl.program_id(0) * BLOCK_C
     cols = c0 + tl.arange(0, BLOCK_C)
     cmask = cols < C
     n_start = p * rows_per_part
-    shift = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    s1, s2 = _rows_sums(x_ptr, shift, c0, n_start, tl.minimum(n_start + rows_per_part, N), C,
-                        BLOCK_N, BLOCK_C)
-    tl.store(part_ptr + cols * parts + p, s1, mask=cmask)
-    tl.store(part_ptr + (C + cols) * parts + p, s2, mask=cmask)
+    ref = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    off, m2 = _rows_moments(x_ptr, ref, c0, n_start, tl.minimum(n_start + rows_per_part, N),
+                            C, BLOCK_N, BLOCK_C)
+    tl.store(part_ptr + cols * parts + p, off, mask=cmask)
+    tl.store(part_ptr + (C + cols) * parts + p, m2, mask=cmask)
 
 
 @triton.jit
@@ -116,14 +140,14 @@ def rows_forward_kernel(x_ptr, y_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, stats_ptr, p
         mean = tl.load(rm_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
         var = tl.load(rv_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
     else:
-        shift = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        ref = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
         if STATS == 1:
-            s1, s2 = _rows_sums(x_ptr, shift, c0, 0, N, C, BLOCK_N, BLOCK_C)
+            off, m2 = _rows_moments(x_ptr, ref, c0, 0, N, C, BLOCK_N, BLOCK_C)
         else:
-            s1, s2 = _combine(part_ptr, cols, cmask, C, parts, BLOCK_P)
-        d = s1 / count
-        var = tl.maximum(s2 / count - d * d, 0.0)
-        mean = shift + d
+            off, m2 = _combine_moments(part_ptr, cols, cmask, N, C, parts, rows_per_part,
+                                       BLOCK_P)
+        mean = ref + off
+        var = m2 / count
     invstd = tl.rsqrt(var + eps)
     scale = _load_cols_or(w_ptr, cols, cmask, HAS_W, 1.0) * invstd
     shift_b = _load_cols_or(b_ptr, cols, cmask, HAS_B, 0.0)
