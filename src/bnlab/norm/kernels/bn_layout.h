@@ -157,9 +157,10 @@ void per_thread_sums(int64_t C, std::vector<double>& out, Split&& split, Body&& 
 // those across threads into ``out`` (C values of a, then C of b).
 constexpr int64_t kLanes = 16, kTileRows = 64;
 
-// Planar layout: a channel's sums run over spans of kSpan values into kSpan separate double
-// accumulators (four AVX-512 registers each), so consecutive additions do not wait on one
-// another; a single vector accumulator made every span wait for the previous one's add.
+// Planar layout: a channel's sums run over spans of kSpan values into kSpan separate
+// accumulators (four AVX-512 registers of doubles, two of floats), so consecutive additions
+// do not wait on one another; a single vector accumulator made every span wait for the
+// previous one's add.
 constexpr int64_t kSpan = 32;
 
 // The planar backward's sums: partial sums in the input's type over at most kBlockSpans spans
