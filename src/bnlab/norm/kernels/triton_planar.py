@@ -108,10 +108,10 @@ def planar_forward_kernel(x_ptr, y_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, stats_ptr,
             k = tl.arange(0, BLOCK_P)
             used = k < parts
             n_k = tl.minimum(tl.maximum(N - k * rows_per_part, 0), rows_per_part) * 1.0 * S
-            offs = tl.load(part_ptr + c * parts + k, mask=used, other=0.0)
+            part_off = tl.load(part_ptr + c * parts + k, mask=used, other=0.0)
             m2s = tl.load(part_ptr + (C + c) * parts + k, mask=used, other=0.0)
-            off = tl.sum(n_k * offs, 0) / count
-            dev = offs - off
+            off = tl.sum(n_k * part_off, 0) / count
+            dev = part_off - off
             m2 = tl.sum(m2s + n_k * dev * dev, 0)
         mean = ref + off
         var = m2 / count

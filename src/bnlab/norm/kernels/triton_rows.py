@@ -96,10 +96,10 @@ def _combine_moments(part_ptr, cols, cmask, N, C, parts, rows_per_part,
     k = tl.arange(0, BLOCK_P)
     m = cmask[:, None] & (k < parts)[None, :]
     n_k = tl.minimum(tl.maximum(N - k * rows_per_part, 0), rows_per_part) * 1.0
-    offs = tl.load(part_ptr + cols[:, None] * parts + k[None, :], mask=m, other=0.0)
+    part_off = tl.load(part_ptr + cols[:, None] * parts + k[None, :], mask=m, other=0.0)
     m2s = tl.load(part_ptr + (C + cols)[:, None] * parts + k[None, :], mask=m, other=0.0)
-    off = tl.sum(n_k[None, :] * offs, 1) / (N * 1.0)
-    dev = offs - off[:, None]
+    off = tl.sum(n_k[None, :] * part_off, 1) / (N * 1.0)
+    dev = part_off - off[:, None]
     return off, tl.sum(m2s + n_k[None, :] * dev * dev, 1)
 
 
