@@ -73,6 +73,22 @@ def lane_moments(first, ref, cnt, s1, s2):
 
 
 @triton.jit
+def merge_moments(cnt, off, m2, AXIS: tl.constexpr):
+    """Groups of ``cnt`` values with mean offsets ``off`` and sums of squared deviations
+    ``m2``, merged along ``AXIS`` (Chan et al.): the merged offset and m2."""
+    mean = tl.sum(cnt * off, AXIS) / tl.maximum(tl.sum(cnt, AXIS), 1.0)
+    dev = off - tl.expand_dims(mean, AXIS)
+    return mean, tl.sum(m2 + cnt * dev * dev, AXIS)
+
+
+@triton.jit
+def part_rows(N, rows_per_part, BLOCK_P: tl.constexpr):
+    """The rows of each of BLOCK_P parts of ``rows_per_part`` rows (0 past the last), float."""
+    k = tl.arange(0, BLOCK_P)
+    return tl.minimum(tl.maximum(N - k * rows_per_part, 0), rows_per_part) * 1.0
+
+
+@triton.jit
 def load_or(ptr, i, HAS: tl.constexpr, default):
     if HAS:
         return tl.load(ptr + i).to(tl.float32)

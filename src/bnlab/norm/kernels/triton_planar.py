@@ -7,7 +7,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import activate, lane_count, lane_moments, load_or, through_activation
+from .triton_common import (
+    activate,
+    lane_count,
+    lane_moments,
+    load_or,
+    merge_moments,
+    part_rows,
+    through_activation,
+)
 
 
 @triton.jit
@@ -18,11 +26,6 @@ def _planar_tile(c, n0, s0, n_end, C, S, BLOCK_N: tl.constexpr, BLOCK_S: tl.cons
     offs = (rows * C + c).to(tl.int64)[:, None] * S + cols[None, :]
     mask = (rows < n_end)[:, None] & (cols < S)[None, :]
     return offs, mask
-
-
-@triton.jit
-def _sum_all(t):
-    return tl.sum(tl.sum(t, 1), 0)
 
 
 @triton.jit
@@ -46,9 +49,9 @@ def _planar_moments(x_ptr, ref, c, n_start, n_end, C, S,
     cnt = (lane_count(n_end - n_start, BLOCK_N)[:, None]
            * lane_count(S, BLOCK_S)[None, :]).to(tl.float32)
     lane_off, lane_m2 = lane_moments(first, ref, cnt, acc, acc2)
-    off = _sum_all(cnt * lane_off) / _sum_all(cnt)
-    dev = lane_off - off
-    return off, _sum_all(lane_m2 + cnt * dev * dev)
+    return merge_moments(tl.reshape(cnt, [BLOCK_N * BLOCK_S]),
+                         tl.reshape(lane_off, [BLOCK_N * BLOCK_S]),
+                         tl.reshape(lane_m2, [BLOCK_N * BLOCK_S]), 0)
 
 
 @triton.jit
@@ -107,12 +110,9 @@ def planar_forward_kernel(x_ptr, y_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, stats_ptr,
         else:  # the parts' moments, combined as the lanes' were
             k = tl.arange(0, BLOCK_P)
             used = k < parts
-            n_k = tl.minimum(tl.maximum(N - k * rows_per_part, 0), rows_per_part) * 1.0 * S
             part_off = tl.load(part_ptr + c * parts + k, mask=used, other=0.0)
             m2s = tl.load(part_ptr + (C + c) * parts + k, mask=used, other=0.0)
-            off = tl.sum(n_k * part_off, 0) / count
-            dev = part_off - off
-            m2 = tl.sum(m2s + n_k * dev * dev, 0)
+            off, m2 = merge_moments(part_rows(N, rows_per_part, BLOCK_P) * S, part_off, m2s, 0)
         mean = ref + off
         var = m2 / count
     invstd = tl.rsqrt(var + eps)

@@ -7,7 +7,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import activate, lane_count, lane_moments, through_activation
+from .triton_common import (
+    activate,
+    lane_count,
+    lane_moments,
+    merge_moments,
+    part_rows,
+    through_activation,
+)
 
 
 @triton.jit
@@ -56,9 +63,7 @@ def _rows_moments(x_ptr, ref, c0, n_start, n_end, C,
     cnt = tl.broadcast_to(lane_count(n_end - n_start, BLOCK_N)[:, None].to(tl.float32),
                           (BLOCK_N, BLOCK_C))
     lane_off, lane_m2 = lane_moments(first, ref[None, :], cnt, acc, acc2)
-    off = tl.sum(cnt * lane_off, 0) / tl.maximum(tl.sum(cnt, 0), 1.0)
-    dev = lane_off - off[None, :]
-    return off, tl.sum(lane_m2 + cnt * dev * dev, 0)
+    return merge_moments(cnt, lane_off, lane_m2, 0)
 
 
 @triton.jit
@@ -95,12 +100,9 @@ def _combine_moments(part_ptr, cols, cmask, N, C, parts, rows_per_part,
     """Each channel's ``(mean - ref, m2)`` from its parts' (combined as the lanes' are)."""
     k = tl.arange(0, BLOCK_P)
     m = cmask[:, None] & (k < parts)[None, :]
-    n_k = tl.minimum(tl.maximum(N - k * rows_per_part, 0), rows_per_part) * 1.0
     part_off = tl.load(part_ptr + cols[:, None] * parts + k[None, :], mask=m, other=0.0)
     m2s = tl.load(part_ptr + (C + cols)[:, None] * parts + k[None, :], mask=m, other=0.0)
-    off = tl.sum(n_k[None, :] * part_off, 1) / (N * 1.0)
-    dev = part_off - off[:, None]
-    return off, tl.sum(m2s + n_k[None, :] * dev * dev, 1)
+    return merge_moments(part_rows(N, rows_per_part, BLOCK_P)[None, :], part_off, m2s, 1)
 
 
 @triton.jit
