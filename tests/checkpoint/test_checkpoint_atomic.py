@@ -187,3 +187,22 @@ def test_every_file_and_both_directories_are_fsynced(tmp_path, monkeypatch):
     assert names[:3] == ["model.safetensors", "optimizer.safetensors", "state.json"]
     assert names[3].startswith(".checkpoint.tmp-")  # the temp dir, before the swap
     assert synced[4] == str(tmp_path)  # the parent, after the swap
+
+
+def test_a_failed_fsync_after_the_swap_keeps_the_new_copy_quietly(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoint"
+    model, _ = trained_pair()
+    save_checkpoint(target, model=model, state={"epoch": 1})
+    real = atomic.fsync_directory
+
+    def parent_fails(directory, *, strict=False):
+        if directory == tmp_path:
+            if strict:
+                raise OSError(5, "Input/output error")
+            return
+        real(directory, strict=strict)
+
+    monkeypatch.setattr(atomic, "fsync_directory", parent_fails)
+    save_checkpoint(target, model=model, state={"epoch": 2})  # the new copy is in place
+    assert read_checkpoint_state(target)["epoch"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]

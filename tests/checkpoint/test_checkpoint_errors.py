@@ -208,3 +208,66 @@ def test_error_is_one_line_and_pickles():
     assert str(error) == "runs/x: is broken badly; fix it"
     assert str(pickle.loads(pickle.dumps(error))) == str(error)
     assert str(CheckpointError("plain message")) == "plain message"
+
+
+def test_a_failed_load_part_way_puts_back_what_it_changed(tmp_path):
+    model, optimizer = trained_pair()
+
+    def scheduler_of(opt, parts):
+        return torch.optim.lr_scheduler.SequentialLR(
+            opt, [torch.optim.lr_scheduler.ConstantLR(opt) for _ in range(parts)],
+            milestones=list(range(1, parts)))
+
+    path = save_checkpoint(tmp_path / "ck", model=model, optimizer=optimizer,
+                           scheduler=scheduler_of(optimizer, 3))
+    fresh = make_model(9)
+    fresh_opt = make_optimizer(fresh)
+    scheduler = scheduler_of(fresh_opt, 2)  # the model and optimizer load, then this fails
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    opt_before, sched_before = fresh_opt.state_dict(), scheduler.state_dict()
+    expect_error(path, "cannot be loaded into the scheduler", model=fresh, optimizer=fresh_opt,
+                 scheduler=scheduler)
+    assert bitwise_equal(dict(fresh.state_dict()), before)
+    assert bitwise_equal(fresh_opt.state_dict(), opt_before)
+    assert scheduler.state_dict().keys() == sched_before.keys()
+
+
+@pytest.mark.parametrize("name", ["state.json", "model.safetensors"])
+def test_a_device_or_oversized_file_is_refused_without_reading_it(saved, name):
+    path, _, _ = saved
+    (path / name).unlink()
+    (path / name).symlink_to("/dev/zero")  # endless: reading it whole would exhaust memory
+    with pytest.raises(CheckpointError, match="not a regular file of at most|no state.json"):
+        load_checkpoint(path)
+
+
+def test_a_data_file_larger_than_its_manifest_is_refused(saved):
+    path, _, _ = saved
+    with open(path / "model.safetensors", "ab") as f:
+        f.write(b"\0" * 100)
+    expect_error(path, "model.safetensors: is not a regular file of at most")
+
+
+def test_deeply_nested_json_is_a_checkpoint_error(saved):
+    path, _, _ = saved
+    (path / "state.json").write_text("[" * 100_000 + "]" * 100_000)
+    expect_error(path, "state.json: is not valid JSON")
+
+
+def test_saving_through_a_symlink_replaces_what_it_names(tmp_path):
+    model, optimizer = trained_pair()
+    real = tmp_path / "real"
+    save_checkpoint(real, model=model, state={"epoch": 1})
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    save_checkpoint(link, model=model, state={"epoch": 2})
+    assert link.is_symlink() and read_checkpoint_state(real)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def test_rng_state_errors_name_no_file():
+    from bnlab.checkpoint import restore_rng_state
+
+    with pytest.raises(CheckpointError, match="^RNG state: missing") as info:
+        restore_rng_state({})
+    assert info.value.path is None

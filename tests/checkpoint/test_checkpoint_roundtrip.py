@@ -1,7 +1,9 @@
 """save -> load reproduces model, optimizer, scheduler, run state and RNG bit for bit."""
 
+import collections
 import json
 import math
+import warnings
 
 import torch
 from checkpoint_helpers import (
@@ -194,3 +196,16 @@ def test_saving_again_replaces_the_checkpoint(tmp_path):
     assert bitwise_equal(ckpt.model_state, dict(model.state_dict()))
     assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "state.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_multistep_milestones_come_back_as_a_counter(tmp_path):
+    model, optimizer = trained_pair()
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[2, 4], gamma=0.5)
+    save_checkpoint(tmp_path / "ck", model=model, optimizer=optimizer, scheduler=scheduler)
+    other = torch.optim.lr_scheduler.MultiStepLR(make_optimizer(make_model(1)), milestones=[9])
+    load_checkpoint(tmp_path / "ck", scheduler=other)
+    assert type(other.milestones) is collections.Counter and other.milestones == {2: 1, 4: 1}
+    with warnings.catch_warnings():  # step(epoch) is deprecated, and uses Counter.elements()
+        warnings.simplefilter("ignore")
+        other.step(3)
+    assert other.get_last_lr() == [lr * 0.5 for lr in scheduler.base_lrs]  # one milestone passed

@@ -71,8 +71,7 @@ def test_info_without_data_is_one_line_and_exit_2(capsys):
 def test_download_fetches_from_the_given_mirror_and_verifies(tmp_path, capsys, monkeypatch):
     specs = write_tiny(tmp_path / "mirror")
     train, test = SplitSpec(specs[0], specs[1]), SplitSpec(specs[2], specs[3])
-    for module in (sources, read):
-        monkeypatch.setattr(module, "FILES", specs)
+    monkeypatch.setattr(sources, "FILES", specs)
     monkeypatch.setattr(read, "TRAIN", train)
     monkeypatch.setattr(read, "TEST", test)
     target = tmp_path / "fm"
@@ -98,3 +97,29 @@ def test_download_failure_is_one_line_and_exit_2(tmp_path, capsys):
 def test_download_rejects_bad_options(capsys):
     assert main(["data", "download", "--attempts", "0"]) == 2
     assert "--attempts" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("flag", ["inf", "nan", "-1", "1e9"])
+def test_download_rejects_a_timeout_no_socket_takes(flag, capsys):
+    assert main(["data", "download", "--timeout", flag]) == 2
+    assert "--timeout must be a number of seconds" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("damage", ["label 10", "one label short", "no samples"])
+def test_info_checks_each_split_as_loading_does(damage, tmp_path, capsys):
+    write_tiny(tmp_path / "fm")
+    labels_path = tmp_path / "fm" / "train-labels-idx1-ubyte.gz"
+    labels = np.frombuffer(gzip.decompress(labels_path.read_bytes())[8:], np.uint8).copy()
+    images_path = tmp_path / "fm" / "train-images-idx3-ubyte.gz"
+    if damage == "label 10":
+        labels[2] = 10
+    elif damage == "one label short":
+        labels = labels[:-1]
+    else:
+        labels = labels[:0]
+        images_path.write_bytes(gzip.compress(encode_idx(np.zeros((0, 28, 28), np.uint8))))
+    labels_path.write_bytes(gzip.compress(encode_idx(labels)))
+    assert main(["data", "info", "--data-dir", str(tmp_path / "fm")]) == 1
+    damaged = [line for line in capsys.readouterr().out.splitlines() if "DAMAGED" in line]
+    assert len(damaged) == 1 and str(labels_path) in damaged[0]
+    assert "correct or replace the file" in damaged[0]  # the user's own files: not "delete"

@@ -53,6 +53,21 @@ def test_inspect_shows_each_bn_layer(trained, capsys):
     assert text.count("gamma") == 4 and text.count("running var") == 4
 
 
+def test_eval_and_inspect_find_a_checkpoint_a_crash_left_aside(trained, capsys):
+    out, _ = trained
+    (out / "checkpoint").rename(out / ".checkpoint.old-00000000000000000001-1")
+    for command in ("eval", "inspect"):
+        code, text, err = run(capsys, command, str(out))
+        assert code == 0 and "epoch 1" in text, err
+
+
+def test_inspect_precision_must_not_be_negative(trained, capsys):
+    out, _ = trained
+    with pytest.raises(SystemExit) as exc:
+        main(["inspect", str(out), "--precision", "-1"])
+    assert exc.value.code == 2 and "--precision: must be >= 0" in capsys.readouterr().err
+
+
 def test_compare_prints_the_table(tiny_data, tmp_path, capsys):
     code, out, _ = run(capsys, "compare", "--data-dir", str(tiny_data), *QUICK, "--max-steps",
                        "3", "--out", str(tmp_path / "cmp"))
@@ -76,7 +91,10 @@ def test_help_shows_defaults(capsys):
     (["train", "--epochs", "-1"], "argument --epochs: must be a positive integer, got -1"),
     (["train", "--epochs", "ten"], "expected a positive integer, got 'ten'"),
     (["train", "--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
-    (["train", "--lr", "0"], "argument --lr: must be a positive number"),
+    (["train", "--lr", "0"], "argument --lr: must be a positive finite number"),
+        (["train", "--lr", "inf"], "argument --lr: must be a positive finite number"),
+        (["train", "--weight-decay", "nan"], "argument --weight-decay: must be finite and >= 0"),
+        (["train", "--data-dir", ""], "argument --data-dir: expected a path"),
     (["compare", "--batch-size", "0"], "must be a positive integer, got 0"),
 ])
 def test_bad_values_exit_2_with_one_line(argv, message, capsys):

@@ -95,7 +95,6 @@ def as_official(monkeypatch: pytest.MonkeyPatch) -> Callable[[tuple[FileSpec, ..
     def pin(specs: tuple[FileSpec, ...]) -> None:
         train, test = SplitSpec(specs[0], specs[1]), SplitSpec(specs[2], specs[3])
         monkeypatch.setattr(sources, "FILES", specs)
-        monkeypatch.setattr(read, "FILES", specs)
         monkeypatch.setattr(read, "TRAIN", train)
         monkeypatch.setattr(read, "TEST", test)
 

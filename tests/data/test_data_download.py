@@ -139,3 +139,47 @@ def test_locate_downloads_only_missing_files_into_the_cache(
     assert sorted(mirror_server.requests) == ["/m/t10k-images-idx3-ubyte.gz",
                                               "/m/train-labels-idx1-ubyte.gz"]
     assert locate().kind == "cache"  # next time the cache is complete
+
+
+def test_a_local_write_failure_stops_at_once_naming_the_directory(mirror_server, tmp_path,
+                                                                  monkeypatch):
+    import errno
+
+    def full_disk(_path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download_module, "atomic_write", full_disk)
+    mirror_server.serve(PATH, GOOD)
+    sleeps: list[float] = []
+    with pytest.raises(DatasetError) as info:
+        download_file(SPEC, tmp_path, config(mirror_server.url, mirror_server.url, sleeps=sleeps))
+    # no retry, no second mirror: neither can free the disk
+    assert mirror_server.requests == [PATH] and sleeps == []
+    assert info.value.file == str(tmp_path) and "No space left" in info.value.found
+    assert "free disk space" in info.value.fix
+
+
+def test_a_content_length_that_is_not_a_number_is_ignored(mirror_server, tmp_path, monkeypatch):
+    real_urlopen = urllib.request.urlopen
+
+    def garbled(request, timeout):
+        response = real_urlopen(request, timeout=timeout)
+        response.headers.replace_header("Content-Length", "abc")
+        return response
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", garbled)
+    mirror_server.serve(PATH, GOOD)
+    assert download_file(SPEC, tmp_path, config(mirror_server.url)).read_bytes() == GOOD
+
+
+@pytest.mark.parametrize("mirror, found", [
+    ("file:///nonexistent-bnlab-mirror/", "cannot fetch"),
+    ("ftp2://example.invalid/", "cannot fetch (unknown url type"),
+    ("/some/local/dir/", "file:///absolute/path/"),
+])
+def test_urls_that_cannot_work_are_not_retried(mirror, found, tmp_path):
+    sleeps: list[float] = []
+    with pytest.raises(DatasetError) as info:
+        download_file(SPEC, tmp_path, config(mirror, sleeps=sleeps))
+    assert sleeps == [] and found in info.value.found and "attempts" not in info.value.found
+    assert leftovers(tmp_path) == []

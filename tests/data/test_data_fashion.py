@@ -73,7 +73,7 @@ def test_out_of_range_label_and_count_mismatch_are_errors(tiny):
     with pytest.raises(DatasetError, match="labels 0..9, found label 10 at index 5"):
         load_data_fashion_mnist(4, root=tiny.directory)
     path.write_bytes(gzip.compress(encode_idx(labels[:19])))
-    with pytest.raises(DatasetError, match="20 labels .* found 19 labels"):
+    with pytest.raises(DatasetError, match="found 19 labels for 20 images"):
         load_data_fashion_mnist(4, root=tiny.directory)
 
 
@@ -118,3 +118,17 @@ def test_dataset_applies_the_transform(tiny):
 def test_classes_are_zalandos_ten_names():
     assert len(CLASSES) == 10 and CLASSES[0] == "T-shirt/top" and CLASSES[9] == "Ankle boot"
     assert FashionMNIST.classes is CLASSES
+
+
+def test_splits_with_different_image_sizes_are_an_error(tiny):
+    path = tiny.directory / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(encode_idx(np.zeros((9, 10, 10), np.uint8))))
+    with pytest.raises(DatasetError, match=r"train split's size \(28, 28\).*size \(10, 10\)"):
+        load_data_fashion_mnist(4, root=tiny.directory)
+
+
+def test_images_with_an_empty_dimension_are_an_error(tiny):
+    path = tiny.directory / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(encode_idx(np.zeros((20, 0, 28), np.uint8))))
+    with pytest.raises(DatasetError, match="no empty dimension"):
+        load_data_fashion_mnist(4, root=tiny.directory)

@@ -162,3 +162,22 @@ def test_images_are_float32_whatever_the_default_dtype():
     finally:
         torch.set_default_dtype(default)
     assert x.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"rank": True, "world_size": 2}, {"resize": True}, {"resize": 2.5}, {"seed": 7.0},
+    {"seed": True}, {"seed": "7"},
+])
+def test_bools_floats_and_strings_are_not_ints(kwargs):
+    with pytest.raises(ValueError):
+        loader(4, 2, **kwargs)
+
+
+def test_numpy_integers_are_ints():
+    import numpy as np
+
+    data = loader(8, np.int64(4), resize=np.int64(2), seed=np.int64(7), shuffle=True)
+    assert data.batch_size == 4 and data.resize == (2, 2) and type(data.seed) is int
+    resumed = loader(8, 4, resize=2, seed=0, shuffle=True)
+    resumed.load_state_dict(data.state_dict())
+    assert epoch_labels(resumed) == epoch_labels(data)

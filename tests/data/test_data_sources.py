@@ -103,3 +103,39 @@ def test_cache_dir_follows_xdg_then_home(monkeypatch, tmp_path):
     assert user_cache_dir() == tmp_path / "home" / ".cache" / "bnlab" / "fashion-mnist"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert user_cache_dir() == tmp_path / "home" / ".cache" / "bnlab" / "fashion-mnist"
+
+
+def _unsearchable(monkeypatch, directory):
+    """Make ``directory`` behave as one this process may not search (root ignores chmod)."""
+    real = sources.Path.is_file
+
+    def is_file(path):
+        if directory in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(sources.Path, "is_file", is_file)
+
+
+def test_an_unreadable_explicit_directory_is_a_clear_error(dirs, monkeypatch):
+    _unsearchable(monkeypatch, dirs["root"])
+    with pytest.raises(DatasetError) as info:
+        locate(dirs["root"])
+    assert info.value.expected == "a readable directory" and "Permission" in info.value.found
+
+
+def test_an_unreadable_cache_is_passed_over(dirs, monkeypatch):
+    _unsearchable(monkeypatch, dirs["cache"])
+    assert locate().kind == "system"
+
+
+def test_an_unreadable_cache_is_named_when_nothing_is_found(isolated, monkeypatch):
+    _unsearchable(monkeypatch, user_cache_dir())
+    with pytest.raises(DatasetError) as info:
+        locate(download=True)
+    assert "Permission" in info.value.found and "unreadable cache" in info.value.found
+
+
+def test_an_empty_root_is_not_the_current_directory():
+    with pytest.raises(ValueError, match="empty"):
+        locate("")

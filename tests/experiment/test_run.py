@@ -117,3 +117,33 @@ def test_optimizer_is_the_configured_one_fused_where_torch_can():
     sgd = build_optimizer(TrainConfig(optimizer="sgd", momentum=0.5),
                           [torch.nn.Parameter(torch.ones(3))])
     assert sgd.defaults["momentum"] == 0.5
+
+
+def test_a_checkpoint_left_aside_by_a_crash_is_resumed_not_overwritten(tiny_data, tmp_path):
+    run_training(config(tiny_data, epochs=1), tmp_path / "run", progress=False)
+    ckpt = tmp_path / "run" / "checkpoint"
+    ckpt.rename(tmp_path / "run" / ".checkpoint.old-00000000000000000001-1")  # mid-swap crash
+    with pytest.raises(RunError, match="already holds a run"):
+        run_training(config(tiny_data, epochs=1), tmp_path / "run", progress=False)
+    resumed = run_training(config(tiny_data, epochs=2), tmp_path / "run", resume=True,
+                           progress=False)
+    assert resumed.resumed_from == 1 and read_checkpoint_state(ckpt)["epoch"] == 2
+
+
+@pytest.mark.parametrize("edit, found", [
+    ({"config": {"epochs": 0}}, "invalid run config"),
+    ({"config": {"lr": "x"}}, "invalid run config"),
+    ({"history": [{"epoch": 1}]}, "invalid run config or history"),
+    ({"history": []}, "0 history rows for epoch 1"),
+])
+def test_a_hand_edited_state_json_is_refused_on_resume(tiny_data, tmp_path, edit, found):
+    from bnlab.checkpoint import CheckpointError
+
+    run_training(config(tiny_data, epochs=1), tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    for key, value in edit.items():
+        state[key] = state[key] | value if isinstance(value, dict) else value
+    path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=found):
+        run_training(config(tiny_data, epochs=2), tmp_path / "run", resume=True, progress=False)

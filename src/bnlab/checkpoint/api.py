@@ -16,6 +16,7 @@ Writes are atomic (:mod:`.atomic`); reads never unpickle.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .compat import apply_state, check_model, check_owner
 from .errors import DAMAGED, CheckpointError
 from .runstate import (
     DATA_FILES,
+    MAX_STATE_BYTES,
     MODEL_FILE,
     OPTIMIZER_FILE,
     SCHEDULER_FILE,
@@ -39,10 +41,11 @@ from .runstate import (
     parse_run_state,
 )
 from .safetensors_io import from_bytes, storable, to_bytes
-from .safety import refuse_pickle
+from .safety import read_limited, refuse_pickle
 from .tree import UnsupportedValue, join_tree, split_tree
 
-__all__ = ["Checkpoint", "load_checkpoint", "read_checkpoint_state", "save_checkpoint"]
+__all__ = ["Checkpoint", "checkpoint_exists", "load_checkpoint", "read_checkpoint_state",
+           "save_checkpoint"]
 
 _WHICH = "pass the directory save_checkpoint wrote (it holds state.json), e.g. runs/NAME/checkpoint"
 
@@ -113,6 +116,8 @@ def save_checkpoint(
     keys. Raises :class:`CheckpointError` for unstorable values, a ``directory`` holding other
     files, or an I/O error (the earlier checkpoint then stays in place)."""
     target = Path(directory)
+    if target.is_symlink():  # replace what the link names, keeping the link
+        target = target.resolve()
     _check_replaceable(target)
     files: dict[str, bytes] = {}
     model_path = target / MODEL_FILE
@@ -160,18 +165,28 @@ def _locate(directory: str | Path) -> Path:
     return found
 
 
-def _read(path: Path) -> bytes:
+def checkpoint_exists(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a checkpoint, counting the copy an interrupted save left
+    renamed aside (which loading and the next save use)."""
+    return find_directory(Path(directory), is_complete) is not None
+
+
+def _read(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of regular file ``path`` (a longer one is an error)."""
     try:
-        return path.read_bytes()
+        data = read_limited(path, limit)
     except FileNotFoundError as exc:
         raise CheckpointError(path, "is missing", DAMAGED) from exc
     except OSError as exc:
         raise CheckpointError(path, f"cannot be read ({exc})", "check its permissions") from exc
+    if data is None:
+        raise CheckpointError(path, f"is not a regular file of at most {limit} bytes", DAMAGED)
+    return data
 
 
 def _read_run_state(found: Path) -> dict[str, Any]:
     path = found / STATE_FILE
-    data = _read(path)
+    data = _read(path, MAX_STATE_BYTES)
     refuse_pickle(path, inside=found, data=data)
     return parse_run_state(data, path)
 
@@ -181,9 +196,10 @@ def _read_listed(found: Path, name: str, run: dict[str, Any]) -> bytes:
     path = found / name
     if name not in run["files"]:
         raise CheckpointError(path, f"is not listed in {STATE_FILE}", DAMAGED)
-    data = _read(path)
-    refuse_pickle(path, inside=found, data=data)
     entry = run["files"][name]
+    # a larger file is an error either way: reading one byte more tells it apart
+    data = _read(path, entry["bytes"] + 1)
+    refuse_pickle(path, inside=found, data=data)
     if len(data) != entry["bytes"]:
         raise CheckpointError(
             path,
@@ -202,11 +218,31 @@ def _load_tree(found: Path, name: str, kind: str, run: dict, map_location) -> tu
         raise CheckpointError(path, f"is not a bnlab {kind} file", DAMAGED)
     try:
         tree = join_tree(json.loads(metadata["tree"]), tensors)
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise CheckpointError(path, f"has a malformed {kind} state ({exc})", DAMAGED) from exc
     if not isinstance(tree, dict):
         raise CheckpointError(path, f"has a malformed {kind} state (not a dict)", DAMAGED)
     return tree, metadata.get("class", "")
+
+
+def _snapshot(owner: Any) -> Any:
+    """A copy of ``owner.state_dict()`` that loading into ``owner`` cannot change."""
+    if isinstance(owner, nn.Module):  # its state dict aliases the live tensors
+        return {k: v.detach().clone() for k, v in owner.state_dict().items()}
+    return copy.deepcopy(owner.state_dict())
+
+
+def _apply_all(targets: list[tuple[Any, Any, Path, str]]) -> None:
+    """Load each ``(owner, state, path, kind)`` in turn; if one fails, restore those already
+    changed (and the failed one) to their snapshots, then raise its error."""
+    snapshots = [_snapshot(owner) for owner, *_ in targets]
+    for done, (owner, state, path, kind) in enumerate(targets):
+        try:
+            apply_state(owner, state, path, kind)
+        except BaseException:
+            for (earlier, *_), saved in zip(targets[: done + 1], snapshots):
+                earlier.load_state_dict(saved)
+            raise
 
 
 def read_checkpoint_state(directory: str | Path) -> dict[str, Any]:
@@ -224,8 +260,10 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Read the checkpoint in ``directory`` and, if given, load it into ``model``,
     ``optimizer`` and ``scheduler`` so they equal the saved ones bit for bit. Everything is
-    read and checked before anything is loaded. RNG states are not restored here: call
-    :func:`restore_rng_state` with ``checkpoint.state["rng"]``. Raises
+    read and checked before anything is loaded, and a load that fails part-way puts back what
+    it changed: on error, ``model``, ``optimizer`` and ``scheduler`` are as they were. RNG
+    states are not restored here: call :func:`restore_rng_state` with
+    ``checkpoint.state["rng"]``. Raises
     :class:`CheckpointError` for pickles, missing/corrupt/truncated files, bad JSON, a wrong
     format or version, or a model/optimizer/scheduler that does not match."""
     found = _locate(directory)
@@ -253,9 +291,10 @@ def load_checkpoint(
 
     if model is not None:
         check_model(model, model_state, model_path)
-        apply_state(model, model_state, model_path, "model")
-    if optimizer is not None:
-        apply_state(optimizer, trees["optimizer"], found / OPTIMIZER_FILE, "optimizer")
-    if scheduler is not None:
-        apply_state(scheduler, trees["scheduler"], found / SCHEDULER_FILE, "scheduler")
+    targets = [(owner, state, path, kind) for owner, state, path, kind in (
+        (model, model_state, model_path, "model"),
+        (optimizer, trees.get("optimizer"), found / OPTIMIZER_FILE, "optimizer"),
+        (scheduler, trees.get("scheduler"), found / SCHEDULER_FILE, "scheduler"),
+    ) if owner is not None]
+    _apply_all(targets)
     return Checkpoint(run, model_state, trees.get("optimizer"), trees.get("scheduler"), found)

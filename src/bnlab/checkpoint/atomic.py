@@ -70,7 +70,16 @@ def _recover(target: Path, is_complete: Callable[[Path], bool]) -> None:
         os.rename(found, target)
         fsync_directory(target.parent, strict=True)
     for stale in _siblings(target, _TMP) + _siblings(target, _OLD):
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove(stale)
+
+
+def _remove(path: Path) -> None:
+    """Remove a leftover directory (or a link in its place), ignoring errors."""
+    if path.is_symlink():
+        with suppress(OSError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def replace_directory(
@@ -79,7 +88,9 @@ def replace_directory(
     """Make ``target`` a directory holding exactly ``files`` (name -> bytes, written in order),
     replacing any previous ``target`` atomically. ``is_complete(path)`` tells whether a
     directory renamed aside by an earlier crash is a whole copy worth restoring.
-    Raises OSError on I/O errors, leaving the previous ``target`` in place."""
+    Raises OSError on I/O errors before the new copy takes ``target``'s name, leaving the
+    previous ``target`` in place; after that, errors (making the rename durable, removing the
+    old copy) are ignored: the new copy is in place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     _recover(target, is_complete)
 
@@ -105,6 +116,6 @@ def replace_directory(
                 os.rename(old, target)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_directory(target.parent, strict=True)
+    fsync_directory(target.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)  # the new copy is in place; debris goes next save
+        _remove(old)  # the new copy is in place; what is left goes at the next save

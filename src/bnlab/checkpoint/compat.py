@@ -74,9 +74,9 @@ def apply_state(owner: Any, state: Any, path: Path, kind: str) -> None:
     """``owner.load_state_dict(state)``, with its errors as :class:`CheckpointError`."""
     try:
         owner.load_state_dict(state)
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except Exception as exc:  # whatever a load_state_dict raises for state it cannot take
         raise CheckpointError(
             path,
-            f"cannot be loaded into the {kind} ({exc})",
+            f"cannot be loaded into the {kind} ({type(exc).__name__}: {exc})",
             f"build the {kind} as in the run that saved it",
         ) from exc

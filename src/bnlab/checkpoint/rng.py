@@ -30,8 +30,12 @@ from .errors import CheckpointError
 
 __all__ = ["capture_rng_state", "restore_rng_state"]
 
-_WHERE = "RNG state"
 _HINT = "pass a dict made by capture_rng_state() (a checkpoint's state['rng'])"
+
+
+def _rng_error(problem: str) -> CheckpointError:
+    """An error about the RNG state itself (no file to name: ``path`` is None)."""
+    return CheckpointError(f"RNG state: {problem}; {_HINT}")
 
 
 def _mps_available() -> bool:
@@ -49,11 +53,11 @@ def _words(values: Any) -> str:
 
 def _raw(text: Any, name: str) -> bytes:
     if not isinstance(text, str):
-        raise CheckpointError(_WHERE, f"{name!r} is not a base64 string", _HINT)
+        raise _rng_error(f"{name!r} is not a base64 string")
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
-        raise CheckpointError(_WHERE, f"{name!r} is not valid base64 ({exc})", _HINT) from exc
+        raise _rng_error(f"{name!r} is not valid base64 ({exc})") from exc
 
 
 def _decode(text: Any, name: str) -> torch.Tensor:
@@ -64,7 +68,7 @@ def _decode(text: Any, name: str) -> torch.Tensor:
 def _decode_words(text: Any, name: str) -> np.ndarray:
     raw = _raw(text, name)
     if len(raw) % 4:
-        raise CheckpointError(_WHERE, f"{name!r} is not a whole number of uint32 words", _HINT)
+        raise _rng_error(f"{name!r} is not a whole number of uint32 words")
     return np.frombuffer(raw, dtype="<u4").astype(np.uint32)
 
 
@@ -94,7 +98,7 @@ def capture_rng_state() -> dict[str, Any]:
 
 def _field(d: Any, key: str, where: str = "") -> Any:
     if not isinstance(d, dict) or key not in d:
-        raise CheckpointError(_WHERE, f"missing '{where}{key}'", _HINT)
+        raise _rng_error(f"missing '{where}{key}'")
     return d[key]
 
 
@@ -105,7 +109,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch_state = _decode(_field(state, "torch"), "torch")
     cuda_states = _field(state, "cuda")
     if not isinstance(cuda_states, list):
-        raise CheckpointError(_WHERE, "'cuda' is not a list", _HINT)
+        raise _rng_error("'cuda' is not a list")
     cuda = [_decode(s, f"cuda[{i}]") for i, s in enumerate(cuda_states)]
     mps = _decode(state["mps"], "mps") if "mps" in state else None
 
@@ -133,7 +137,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     except CheckpointError:
         raise
     except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
-        raise CheckpointError(_WHERE, f"malformed generator state ({exc})", _HINT) from exc
+        raise _rng_error(f"malformed generator state ({exc})") from exc
 
     torch.set_rng_state(torch_state)
     random.setstate(py_state)

@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import DAMAGED, CheckpointError
 from .rng import capture_rng_state
+from .safety import read_limited
 
 __all__ = [
     "FORMAT",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 FORMAT = "bnlab-checkpoint"
+# state.json holds configs, histories and RNG states: kilobytes; refuse anything near this
+MAX_STATE_BYTES = 64 << 20
 VERSION = 1
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -101,7 +104,7 @@ def parse_run_state(data: bytes, path: Path) -> dict[str, Any]:
     """The validated run state in ``state.json``'s ``data`` read from ``path``."""
     try:
         run = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(path, f"is not valid JSON ({exc})", DAMAGED) from exc
     if not isinstance(run, dict) or run.get("format") != FORMAT:
         found = run.get("format") if isinstance(run, dict) else type(run).__name__
@@ -135,7 +138,11 @@ def is_complete(directory: Path) -> bool:
     """Whether ``directory`` holds a readable ``state.json`` and every file it lists with the
     listed size (a cheap check, no hashing)."""
     try:
-        run = parse_run_state((directory / STATE_FILE).read_bytes(), directory / STATE_FILE)
+        path = directory / STATE_FILE
+        data = read_limited(path, MAX_STATE_BYTES)
+        if data is None:
+            return False
+        run = parse_run_state(data, path)
         return all(
             (directory / name).stat().st_size == entry["bytes"]
             for name, entry in run["files"].items()

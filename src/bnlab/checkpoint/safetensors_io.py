@@ -61,7 +61,7 @@ def _metadata(data: bytes, path: Path) -> dict[str, str]:
         )
     try:
         header = json.loads(data[_HEADER_LEN : _HEADER_LEN + size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(
             path, f"is not a safetensors file (bad header: {exc})", DAMAGED
         ) from exc

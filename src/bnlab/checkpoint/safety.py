@@ -1,18 +1,35 @@
 """Recognise pickle files (``torch.save``, ``pickle.dump``) by their bytes or name, without
-unpickling anything, so they can be refused before any code in them could run."""
+unpickling anything, so they can be refused before any code in them could run; and reading
+a file of bounded size without following it into a device or pipe."""
 
 from __future__ import annotations
 
 import io
+import os
+import stat
 import zipfile
 from pathlib import Path
 
 from .errors import CheckpointError
 
-__all__ = ["PICKLE_SUFFIXES", "looks_like_pickle", "refuse_pickle"]
+__all__ = ["PICKLE_SUFFIXES", "looks_like_pickle", "read_limited", "refuse_pickle"]
 
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 _ZIP_MAGIC = b"PK\x03\x04"
+
+
+def read_limited(path: Path, limit: int) -> bytes | None:
+    """The bytes of ``path`` when it is a regular file of at most ``limit`` bytes, else None
+    (a device such as /dev/zero, a pipe, or a file too large to be what it claims). Raises
+    OSError where it cannot be opened."""
+    # O_NONBLOCK: opening a named pipe must not wait for a writer
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        data = handle.read(limit + 1)  # the file may have grown since fstat
+    return data if len(data) <= limit else None
 
 
 def _zip_holds_pickle(source: Path | io.BytesIO) -> bool:

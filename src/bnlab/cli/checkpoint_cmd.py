@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, read_checkpoint_state
+from ..checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_state
 from ..data import load_data_fashion_mnist
 from ..device import select_device
 from ..experiment import TrainConfig
@@ -15,17 +15,17 @@ from ..models import build_model
 from ..norm import is_batch_norm
 from ..train import evaluate
 from .errors import CLIError
-from .parser import device_name, positive_int
+from .parser import device_name, non_negative_int, path_arg, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser("eval",
                                help="test loss and accuracy of a saved checkpoint")
-    ev.add_argument("checkpoint", type=Path, help="run directory or its checkpoint/ directory")
+    ev.add_argument("checkpoint", type=path_arg, help="run directory or its checkpoint/ directory")
     ev.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
     ev.add_argument("--device", type=device_name, default="auto",
                     help="auto (cuda, mps, cpu), cpu, cuda[:N], mps")
-    ev.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+    ev.add_argument("--data-dir", type=path_arg, default=None, metavar="DIR",
                     help="Fashion-MNIST directory (default: the run's, else the usual lookup)")
     ev.add_argument("--limit", type=positive_int, default=None, metavar="N",
                     help="evaluate the first N test samples only")
@@ -33,14 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ins = subparsers.add_parser("inspect",
                                 help="each BN layer's learned gamma, beta and running statistics")
-    ins.add_argument("checkpoint", type=Path, help="run directory or its checkpoint/ directory")
-    ins.add_argument("--precision", type=int, default=4, help="decimals printed")
+    ins.add_argument("checkpoint", type=path_arg, help="run directory or its checkpoint/ directory")
+    ins.add_argument("--precision", type=non_negative_int, default=4, help="decimals printed")
     ins.set_defaults(handler=run_inspect)
 
 
 def checkpoint_dir(path: Path) -> Path:
-    """Accept a run directory (holding checkpoint/) as well as the checkpoint itself."""
-    return path / "checkpoint" if (path / "checkpoint").is_dir() else path
+    """Accept a run directory (holding checkpoint/, or the copy of it an interrupted save
+    left renamed aside) as well as the checkpoint itself."""
+    return path / "checkpoint" if checkpoint_exists(path / "checkpoint") else path
 
 
 def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, TrainConfig, dict]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .. import data
 from .errors import CLIError
+from .parser import path_arg
+
+MAX_TIMEOUT_S = 3600.0  # one hour per connect/read; beyond it a socket rejects the value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir", type=Path, default=None, metavar="DIR",
+        "--data-dir", type=path_arg, default=None, metavar="DIR",
         help="use this directory alone (overrides $BNLAB_DATA and the default locations)",
     )
 
@@ -56,8 +58,9 @@ def run_info(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace) -> int:
     if args.attempts < 1:
         raise CLIError(f"--attempts must be at least 1, got {args.attempts}")
-    if not args.timeout > 0:
-        raise CLIError(f"--timeout must be positive, got {args.timeout}")
+    if not 0 < args.timeout <= MAX_TIMEOUT_S:
+        raise CLIError(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], "
+                       f"got {args.timeout}")
     config = data.DownloadConfig(
         mirrors=tuple(args.mirror) if args.mirror else data.MIRRORS,
         attempts=args.attempts,

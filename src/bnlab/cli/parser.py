@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
 from ..device import select_device
 
@@ -46,8 +48,16 @@ def _number(parse, ok, noun: str, condition: str):
 
 
 positive_int = _number(int, lambda v: v >= 1, "a positive integer", "a positive integer")
-positive_float = _number(float, lambda v: v > 0, "a number", "a positive number")
-non_negative_float = _number(float, lambda v: v >= 0, "a number", ">= 0")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer", ">= 0")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "a number", "a positive finite number")
+non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number", "finite and >= 0")
+
+
+def path_arg(text: str) -> Path:
+    """A file system path; an empty one (which would mean the current directory) is an error."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
 
 
 def device_name(text: str) -> str:

@@ -10,7 +10,7 @@ from ..experiment import OPTIMIZERS, TrainConfig, compare_table, run_compare, ru
 from ..memory import format_bytes
 from ..models import NORMS, available_models
 from .errors import CLIError
-from .parser import device_name, non_negative_float, positive_float, positive_int
+from .parser import device_name, non_negative_float, path_arg, positive_float, positive_int
 from .train_parallel import add_parallel_options, launch
 
 
@@ -29,7 +29,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (weights, data order)")
     p.add_argument("--device", type=device_name, default=d.device,
                    help="auto (cuda, mps, cpu), cpu, cuda[:N], mps")
-    p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+    p.add_argument("--data-dir", type=path_arg, default=None, metavar="DIR",
                    help="Fashion-MNIST directory (default: $BNLAB_DATA, cache, system, download)")
     p.add_argument("--no-download", action="store_true", help="never download the dataset")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N",
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--norm", choices=NORMS, default=TrainConfig().norm,
                        help="batch norm implementation (none: no BN layers)")
     add_run_options(train)
-    train.add_argument("--out", type=Path, default=None,
+    train.add_argument("--out", type=path_arg, default=None,
                        help="output directory (default: runs/<model>-<norm>-seed<seed>)")
     add_parallel_options(train)
     train.set_defaults(handler=run_train)
@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              "(single process)",
     )
     add_run_options(compare)
-    compare.add_argument("--out", type=Path, default=None,
+    compare.add_argument("--out", type=path_arg, default=None,
                          help="output directory (default: runs/compare-<model>-seed<seed>)")
     compare.set_defaults(handler=run_compare_cmd)
 

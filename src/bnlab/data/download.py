@@ -4,7 +4,9 @@ Each file is tried on each mirror in order; on a mirror, transient failures (con
 errors, timeouts, HTTP 5xx/429, short reads) are retried with exponential backoff, while
 a definite answer (HTTP 4xx, or a file that fails verification) moves on to the next mirror.
 The bytes stream into a hidden temp file beside the target, are verified (gzip intact,
-decompressed SHA-256 equals the pinned one), fsynced, and only then renamed into place.
+decompressed SHA-256 equals the pinned one), fsynced, and only then renamed into place. A
+failure to write locally (disk full, read-only directory) ends the download at once: no
+mirror can fix it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from ..atomic_files import atomic_write
-from .errors import FIX_MISSING, DatasetError
+from .errors import FIX_MISSING, FIX_WRITABLE, DatasetError
 from .idx import gunzip, parse_idx, read_file
 from .verify import FileSpec, check_against_spec
 
@@ -50,7 +52,20 @@ class DownloadConfig:
 
 
 class _MirrorRefused(Exception):
-    """This mirror will not serve a good copy (4xx or a bad file): go to the next mirror."""
+    """This mirror will not serve a good copy (4xx, a redirect loop, a bad file, a URL that
+    cannot be fetched at all): go to the next mirror."""
+
+
+class _ReadFailed(Exception):
+    """Reading from the connection failed (``error``, transient): retried on this mirror."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _LocalWriteFailed(Exception):
+    """Writing the download beside the target failed: no mirror can help."""
 
 
 def download_file(spec: FileSpec, directory: Path, config: DownloadConfig) -> Path:
@@ -62,7 +77,7 @@ def download_file(spec: FileSpec, directory: Path, config: DownloadConfig) -> Pa
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DatasetError(target.parent, "a writable directory", str(err)) from None
+        raise DatasetError(target.parent, "a writable directory", str(err), FIX_WRITABLE) from None
     failures: list[str] = []
     for mirror in config.mirrors:
         url = mirror.rstrip("/") + "/" + spec.archive
@@ -72,8 +87,11 @@ def download_file(spec: FileSpec, directory: Path, config: DownloadConfig) -> Pa
             try:
                 _fetch_verified(url, spec, target, config)
                 return target
+            except _LocalWriteFailed as err:
+                raise DatasetError(target.parent, "a writable directory with room for "
+                                   f"{spec.archive}", str(err), FIX_WRITABLE) from None
             except (_MirrorRefused, ValueError) as err:  # ValueError: a malformed mirror URL
-                failures.append(f"{url}: {err}")
+                failures.append(f"{url}: {err}{_url_hint(url)}")
                 break
             except (OSError, http.client.HTTPException) as err:  # URLError is an OSError
                 if attempt == config.attempts:
@@ -92,30 +110,78 @@ def _fetch_verified(url: str, spec: FileSpec, target: Path, config: DownloadConf
     try:
         response = urllib.request.urlopen(request, timeout=config.timeout_s)
     except urllib.error.HTTPError as err:
-        if 400 <= err.code < 500 and err.code != 429:
+        if (300 <= err.code < 500) and err.code != 429:  # 3xx here: a redirect loop
             raise _MirrorRefused(f"HTTP {err.code} {err.reason}") from None
         raise
-    with response, atomic_write(target) as out:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        host = urlsplit(url).hostname or url
-        with tqdm(
-            total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
-            desc=f"{spec.archive} from {host}", disable=not config.progress,
-        ) as bar:
-            received = 0
-            while chunk := response.read(CHUNK_BYTES):
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-        if total is not None and received != total:
-            raise http.client.IncompleteRead(b"", total - received)
-        out.flush()
-        try:  # verify the complete temp file before it may take the target's name
-            raw = gunzip(read_file(Path(out.name)), url, max_size=spec.size)
-            parse_idx(raw, url)
-            check_against_spec(raw, spec, url, allow_custom=False)
-        except DatasetError as err:
-            raise _MirrorRefused(f"bad file: expected {err.expected}, found {err.found}") from None
+    except urllib.error.URLError as err:
+        if _definite(err.reason):
+            raise _MirrorRefused(f"cannot fetch ({err.reason})") from None
+        raise
+    with response:
+        total = _content_length(response)
+        try:
+            with atomic_write(target) as out:
+                received = _stream(response, out, total, spec, url, config.progress)
+                if total is not None and received != total:
+                    raise http.client.IncompleteRead(b"", total - received)
+                out.flush()
+                _verify(Path(out.name), spec, url)
+        except _ReadFailed as err:
+            raise err.error from None
+        except OSError as err:  # the temp file: creating, writing, reading back, renaming
+            raise _LocalWriteFailed(f"{type(err).__name__}: {err}") from None
+
+
+def _stream(response, out, total: int | None, spec: FileSpec, url: str, progress: bool) -> int:
+    """Copy the response body into ``out``; return the bytes received. A failed read raises
+    _ReadFailed (the caller tells it apart from a failed local write)."""
+    host = urlsplit(url).hostname or url
+    with tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
+        desc=f"{spec.archive} from {host}", disable=not progress,
+    ) as bar:
+        received = 0
+        while True:
+            try:
+                chunk = response.read(CHUNK_BYTES)
+            except (OSError, http.client.HTTPException) as err:
+                raise _ReadFailed(err) from None
+            if not chunk:
+                return received
+            out.write(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+
+
+def _verify(path: Path, spec: FileSpec, url: str) -> None:
+    """The complete temp file, before it may take the target's name; _MirrorRefused if bad."""
+    try:
+        raw = gunzip(read_file(path), url, max_size=spec.size)
+        parse_idx(raw, url)
+        check_against_spec(raw, spec, url, allow_custom=False)
+    except DatasetError as err:
+        raise _MirrorRefused(f"bad file: expected {err.expected}, found {err.found}") from None
+
+
+def _content_length(response) -> int | None:
+    """The announced body size, or None where absent or not a number."""
+    try:
+        return int(response.headers.get("Content-Length") or 0) or None
+    except ValueError:
+        return None
+
+
+def _definite(reason: object) -> bool:
+    """Whether a URLError's reason is final rather than a network failure worth retrying:
+    an unsupported scheme (a string reason) or a file:// path that is absent or unreadable."""
+    return not isinstance(reason, OSError) or isinstance(
+        reason, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError))
+
+
+def _url_hint(url: str) -> str:
+    if not urlsplit(url).scheme:
+        return " (not a URL: a local directory is a mirror as file:///absolute/path/)"
+    return ""
 
 
 def _describe(err: BaseException) -> str:

@@ -14,6 +14,12 @@ FIX_MISSING = (
     "`dataset-fashion-mnist` (apt install dataset-fashion-mnist), or pass --data-dir (root=) "
     "a directory holding the four Fashion-MNIST .gz files"
 )
+FIX_WRITABLE = (
+    "free disk space, or pass --data-dir (root=) a writable directory with room for the "
+    "four files (~30 MB)"
+)
+FIX_CUSTOM = "correct or replace the file: it is in a directory you chose (--data-dir, $BNLAB_DATA)"
+FIX_UNREADABLE = "make the directory readable (its permissions), or pass --data-dir another one"
 
 
 class DatasetError(Exception):

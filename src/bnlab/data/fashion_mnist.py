@@ -8,7 +8,7 @@ import torch
 
 from .cache import DecodedCache
 from .loader import TensorLoader, check_batching
-from .read import read_split
+from .read import check_same_image_size, read_split
 from .sources import locate
 
 
@@ -46,6 +46,7 @@ def load_data_fashion_mnist(
     location = locate(root, download)
     cache = DecodedCache.default()
     train, test = read_split(location, True, cache), read_split(location, False, cache)
+    check_same_image_size(location, train, test)
     common = {"resize": resize, "device": device, "rank": rank, "world_size": world_size}
     train_loader = TensorLoader(
         train.images[:limit], train.labels[:limit], batch_size,

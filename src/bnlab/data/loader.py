@@ -18,6 +18,7 @@ is covered exactly once per epoch; a rank whose share is empty gets no last batc
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 from collections.abc import Iterator
 
@@ -81,7 +82,9 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        check_batching(batch_size, rank, world_size)
+        batch_size, rank, world_size = check_batching(batch_size, rank, world_size)
+        if seed is not None and not _is_int(seed):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
         if shuffle and world_size > 1 and seed is None:
             raise ValueError("sharded shuffling needs the same explicit seed on every rank")
         if images.dtype != torch.uint8 or not (
@@ -99,7 +102,7 @@ class TensorLoader:
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.resize = _size_pair(resize)
-        self.seed = seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        self.seed = int(seed) if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         self.epoch = 0
         self.location = None  # where the data came from (a DataLocation), when known
 
@@ -155,19 +158,29 @@ class TensorLoader:
                 f"{self.world_size}, device={self.device})")
 
 
-def check_batching(batch_size: int, rank: int, world_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+def _is_int(value: object) -> bool:
+    """An integer (Python's or numpy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_batching(batch_size: int, rank: int, world_size: int) -> tuple[int, int, int]:
+    """``(batch_size, rank, world_size)`` as Python ints, or ValueError naming the bad one."""
+    if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(world_size, int) or world_size < 1:
+    if not _is_int(world_size) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    if not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
+    if not _is_int(rank) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+    return int(batch_size), int(rank), int(world_size)
 
 
 def _size_pair(resize: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if resize is None:
         return None
-    pair = (resize, resize) if isinstance(resize, int) else tuple(resize)
-    if len(pair) != 2 or not all(isinstance(s, int) and s > 0 for s in pair):
+    try:
+        pair = (resize, resize) if _is_int(resize) else tuple(resize)
+    except TypeError:  # not iterable (a bool, a float)
+        pair = ()
+    if len(pair) != 2 or not all(_is_int(s) and s > 0 for s in pair):
         raise ValueError(f"resize must be a positive int or (height, width), got {resize!r}")
-    return pair
+    return int(pair[0]), int(pair[1])

@@ -7,7 +7,8 @@ directory ``/usr/share/datasets/fashion-mnist``; 5. a download into the cache.
 downloaded into them (or reported), never looked for elsewhere. Otherwise the first of the
 cache and system directories holding all four files is used. A directory is only *chosen*
 here; its files are verified when read, and a damaged file is an error, not a reason to look
-elsewhere.
+elsewhere. An unreadable cache or system directory is passed over (and named if nothing is
+found); an unreadable explicit one is an error.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from .cache import user_cache_dir
 from .download import DownloadConfig, download_file
-from .errors import FIX_MISSING, DatasetError
+from .errors import FIX_MISSING, FIX_UNREADABLE, DatasetError
 from .verify import FILES, FileSpec
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -40,6 +41,8 @@ class SearchPaths:
     def default(cls, root: str | os.PathLike[str] | None = None) -> SearchPaths:
         """From ``root``, ``$BNLAB_DATA``, the user cache dir and :data:`SYSTEM_DIR`."""
         env = os.environ.get(ENV_VAR) or None
+        if root is not None and not os.fspath(root):
+            raise ValueError("root (--data-dir) is empty: name a directory, or pass None")
         return cls(
             root=Path(root).expanduser() if root is not None else None,
             env=Path(env).expanduser() if env else None,
@@ -73,11 +76,19 @@ class DataLocation:
 
 
 def find_file(directory: Path, spec: FileSpec) -> Path | None:
-    """``<name>.gz`` in ``directory``, else the uncompressed ``<name>``, else None."""
+    """``<name>.gz`` in ``directory``, else the uncompressed ``<name>``, else None.
+
+    Raises DatasetError when ``directory`` cannot be searched (permissions).
+    """
     for name in (spec.archive, spec.name):
         candidate = directory / name
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError as err:
+            raise DatasetError(directory, "a readable directory",
+                               f"{type(err).__name__}: {err.strerror or err}",
+                               FIX_UNREADABLE) from None
     return None
 
 
@@ -100,17 +111,25 @@ def locate(
     if search.env is not None:
         return _use_alone("env", search.env, download, config)
     searched = (("cache", search.cache), ("system", search.system))
-    found = {kind: _find_all(directory) for kind, directory in searched}
+    found, unreadable = {}, {}
+    for kind, directory in searched:
+        try:
+            found[kind] = _find_all(directory)
+        except DatasetError as err:
+            found[kind], unreadable[kind] = {}, err.found
     for kind, directory in searched:
         if len(found[kind]) == len(FILES):
             return DataLocation(kind, directory, found[kind], searched=searched)
-    if not download:
-        where = ", ".join(f"{kind} {d} ({len(found[kind])} of 4)" for kind, d in searched)
+    if not download or "cache" in unreadable:
+        where = ", ".join(f"{kind} {d} ({unreadable.get(kind) or f'{len(found[kind])} of 4'})"
+                          for kind, d in searched)
+        why = ("downloading is off" if not download
+               else "nothing can be downloaded into the unreadable cache")
         raise DatasetError(
             " and ".join(str(d) for _, d in searched),
             "the four Fashion-MNIST files (e.g. train-images-idx3-ubyte.gz)",
-            f"no complete set: {where}; downloading is off",
-            FIX_MISSING,
+            f"no complete set: {where}; {why}",
+            FIX_MISSING if not download else FIX_UNREADABLE,
         )
     paths, fetched = _download_missing(search.cache, found["cache"], config)
     return DataLocation("download", search.cache, paths, fetched, searched)

@@ -27,7 +27,9 @@ from torch import nn
 
 from ..atomic_files import write_bytes_atomically
 from ..checkpoint import (
+    CheckpointError,
     capture_rng_state,
+    checkpoint_exists,
     load_checkpoint,
     read_checkpoint_state,
     restore_rng_state,
@@ -107,15 +109,12 @@ def write_metrics(out_dir: Path, config: TrainConfig, history: History) -> None:
     document = {"config": config.to_dict(), "history": history.to_dict(), "summary": summary}
     write_bytes_atomically(out_dir / "metrics.json",
                            (json.dumps(document, indent=2) + "\n").encode())
-    tmp = out_dir / ".metrics.csv.tmp"
-    history.to_csv(tmp)
-    write_bytes_atomically(out_dir / "metrics.csv", tmp.read_bytes())
-    tmp.unlink()
+    write_bytes_atomically(out_dir / "metrics.csv", history.csv_text().encode())
 
 
 def _resume_point(config: TrainConfig, ckpt_dir: Path, resume: bool) -> dict[str, Any] | None:
     """The checkpoint's run state when resuming, None for a fresh run."""
-    has_checkpoint = ckpt_dir.exists()
+    has_checkpoint = checkpoint_exists(ckpt_dir)  # or the copy a crash mid-save left aside
     if not resume:
         if has_checkpoint:
             raise RunError(f"{ckpt_dir.parent} already holds a run; pass --resume to continue "
@@ -124,7 +123,17 @@ def _resume_point(config: TrainConfig, ckpt_dir: Path, resume: bool) -> dict[str
     if not has_checkpoint:
         return None
     state = read_checkpoint_state(ckpt_dir)
-    saved = TrainConfig.from_dict(state.get("config", {}))
+    try:  # state.json is checksummed by nothing: a hand edit must fail here, clearly
+        saved = TrainConfig.from_dict(state.get("config", {}))
+        history = History.from_dict({"epochs": state["history"]})
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(ckpt_dir / "state.json", f"holds an invalid run config or "
+                              f"history ({type(err).__name__}: {err})",
+                              "use an earlier checkpoint or train again") from None
+    if len(history) != state["epoch"]:
+        raise CheckpointError(ckpt_dir / "state.json",
+                              f"has {len(history)} history rows for epoch "
+                              f"{state['epoch']}", "use an earlier checkpoint or train again")
     if diff := saved.mismatches(config):
         raise RunError(f"cannot resume {ckpt_dir}: settings differ from the checkpoint's: "
                        + "; ".join(diff))
@@ -212,7 +221,7 @@ def _train(
     if state is not None:
         load_checkpoint(ckpt_dir, model=model, optimizer=optimizer, map_location=device)
         restore_rng_state(state["rng"])
-        history = History.from_dict({"epochs": state["history"]})
+        history = History.from_dict({"epochs": state["history"]})  # checked by _resume_point
         done = int(state["epoch"])
         if main:
             print(f"Resuming {out} after epoch {done} of {config.epochs}", flush=True)

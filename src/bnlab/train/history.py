@@ -7,6 +7,7 @@ loop prints them.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
@@ -167,10 +168,16 @@ class History:
             )
         return cls(records)
 
+    def csv_text(self) -> str:
+        """One CSV row per epoch (floats in full precision) after a header row."""
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(_FIELD_NAMES)
+        for r in self._records:
+            writer.writerow([repr(getattr(r, name)) for name in _FIELD_NAMES])
+        return text.getvalue()
+
     def to_csv(self, path: str | PathLike[str]) -> None:
-        """Write one row per epoch (floats in full precision) with a header row."""
+        """Write :meth:`csv_text` to ``path``."""
         with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(_FIELD_NAMES)
-            for r in self._records:
-                writer.writerow([repr(getattr(r, name)) for name in _FIELD_NAMES])
+            f.write(self.csv_text())
