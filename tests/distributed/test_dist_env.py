@@ -10,6 +10,7 @@ from torch import nn
 from bnlab.cli import main
 from bnlab.data.loader import TensorLoader
 from bnlab.distributed import (
+    DistributedSetupError,
     WorldInfo,
     all_reduce_sum,
     backend_for,
@@ -48,19 +49,27 @@ def test_torchrun_environment(env):
     ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
     ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 must be smaller than WORLD_SIZE=2"),
     ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be >= 1"),
+    ({"MASTER_PORT": "99999"}, r"MASTER_PORT=99999 must be in \[1, 65535\]"),
 ])
 def test_malformed_environment(env, values, message):
     for name, value in values.items():
         env.setenv(name, value)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DistributedSetupError, match=message):
         world_info()
+
+
+def test_a_malformed_environment_is_one_cli_line(env, capsys):
+    env.setenv("WORLD_SIZE", "abc")
+    assert main(["train", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "WORLD_SIZE='abc' is not an integer" in err and len(err.strip().splitlines()) == 1
 
 
 def test_init_needs_a_rendezvous_address_and_leaves_a_world_of_one_alone(env):
     assert init_distributed() == WorldInfo()
     assert not torch.distributed.is_initialized()
     env.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="MASTER_ADDR/MASTER_PORT are not set"):
+    with pytest.raises(DistributedSetupError, match="MASTER_ADDR/MASTER_PORT are not set"):
         init_distributed("gloo", timeout_s=5)
 
 
@@ -102,7 +111,9 @@ def test_cli_under_torchrun_refuses_what_it_cannot_do(env, capsys, argv, message
 
 @pytest.mark.parametrize("argv, message", [
     (["--nproc", "0"], "argument --nproc: must be a positive integer"),
-    (["--dist-timeout", "0"], "argument --dist-timeout: must be a positive number"),
+    (["--dist-timeout", "0"], "argument --dist-timeout: must be in (0, 604800]"),
+    (["--dist-timeout", "inf"], "argument --dist-timeout: must be in (0, 604800]"),
+    (["--dist-timeout", "1e15"], "argument --dist-timeout: must be in (0, 604800]"),
 ])
 def test_bad_distributed_options(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:

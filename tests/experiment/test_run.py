@@ -147,3 +147,15 @@ def test_a_hand_edited_state_json_is_refused_on_resume(tiny_data, tmp_path, edit
     path.write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match=found):
         run_training(config(tiny_data, epochs=2), tmp_path / "run", resume=True, progress=False)
+
+
+def test_resume_refuses_another_process_layout(tiny_data, tmp_path, monkeypatch):
+    run_training(config(tiny_data, epochs=1), tmp_path / "run", progress=False)
+    state = read_checkpoint_state(tmp_path / "run" / "checkpoint")
+    assert state["processes"] == {"world_size": 1, "sync_bn": False}
+    monkeypatch.setenv("WORLD_SIZE", "2")  # refused before any process group is formed
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(RunError, match="trained with 1 process, this run has 2 processes, "
+                                       "synchronized BN"):
+        run_training(config(tiny_data, epochs=2), tmp_path / "run", resume=True,
+                     progress=False)

@@ -6,7 +6,7 @@ import argparse
 
 from .. import data
 from .errors import CLIError
-from .parser import path_arg
+from .parser import path_arg, seconds_up_to
 
 MAX_TIMEOUT_S = 3600.0  # one hour per connect/read; beyond it a socket rejects the value
 
@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "default: Zalando's S3 host, then GitHub",
     )
     fetch.add_argument("--attempts", type=int, default=3, help="tries per mirror")
-    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds per connect/read")
+    fetch.add_argument("--timeout", type=seconds_up_to(MAX_TIMEOUT_S), default=30.0,
+                       help="seconds per connect/read")
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch.set_defaults(handler=run_download)
 
@@ -58,9 +59,6 @@ def run_info(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace) -> int:
     if args.attempts < 1:
         raise CLIError(f"--attempts must be at least 1, got {args.attempts}")
-    if not 0 < args.timeout <= MAX_TIMEOUT_S:
-        raise CLIError(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], "
-                       f"got {args.timeout}")
     config = data.DownloadConfig(
         mirrors=tuple(args.mirror) if args.mirror else data.MIRRORS,
         attempts=args.attempts,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..checkpoint import CheckpointError
 from ..data import DatasetError
+from ..distributed import DistributedSetupError
 from ..experiment import RunError
 from ..train import NonFiniteLossError
 
@@ -14,5 +15,5 @@ class CLIError(Exception):
 
 # Library exceptions that describe the user's input, not a bug; later modules append theirs.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    CLIError, DatasetError, CheckpointError, RunError, NonFiniteLossError,
+    CLIError, DatasetError, CheckpointError, RunError, NonFiniteLossError, DistributedSetupError,
 )

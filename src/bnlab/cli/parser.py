@@ -53,6 +53,11 @@ positive_float = _number(float, lambda v: 0 < v < math.inf, "a number", "a posit
 non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number", "finite and >= 0")
 
 
+def seconds_up_to(limit: float):
+    """An argparse type: a number of seconds in (0, ``limit``]."""
+    return _number(float, lambda v: 0 < v <= limit, "a number of seconds", f"in (0, {limit:g}]")
+
+
 def path_arg(text: str) -> Path:
     """A file system path; an empty one (which would mean the current directory) is an error."""
     if not text:

@@ -13,11 +13,11 @@ import sys
 from collections.abc import Callable
 
 from ..data import load_data_fashion_mnist
-from ..distributed import DEFAULT_TIMEOUT_S, spawn_local, world_info
+from ..distributed import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, spawn_local, world_info
 from ..experiment import TrainConfig
 from ..host import freed_memory_kept
 from .errors import USER_ERRORS, CLIError
-from .parser import positive_float, positive_int
+from .parser import positive_int, seconds_up_to
 
 
 def add_parallel_options(p: argparse.ArgumentParser) -> None:
@@ -27,8 +27,8 @@ def add_parallel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-sync-bn", action="store_true",
                    help="with several processes, keep per-process BN statistics instead of "
                         "synchronizing them (bnlab.SyncBatchNorm)")
-    p.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
-                   metavar="SECONDS",
+    p.add_argument("--dist-timeout", type=seconds_up_to(MAX_TIMEOUT_S),
+                   default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help="with several processes, fail when one waits this long for the others")
 
 

@@ -2,12 +2,20 @@
 the process group, the collectives a run needs, and a local launcher."""
 
 from .collectives import all_reduce_sum, broadcast_buffers, same_on_all_ranks, unwrap
-from .env import WorldInfo, is_main_process, world_info
+from .env import DistributedSetupError, WorldInfo, is_main_process, world_info
 from .launch import free_port, spawn_local
-from .process_group import DEFAULT_TIMEOUT_S, backend_for, cleanup, init_distributed
+from .process_group import (
+    DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    backend_for,
+    cleanup,
+    init_distributed,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "DistributedSetupError",
+    "MAX_TIMEOUT_S",
     "WorldInfo",
     "all_reduce_sum",
     "backend_for",

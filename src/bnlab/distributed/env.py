@@ -32,36 +32,43 @@ class WorldInfo:
         return self.world_size > 1
 
 
-def _env_int(name: str, default: int, minimum: int) -> int:
+class DistributedSetupError(ValueError):
+    """The environment or settings describe a process group that cannot be formed."""
+
+
+def _env_int(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
     text = os.environ.get(name)
     if text is None or text == "":
         return default
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"environment variable {name}={text!r} is not an integer") from None
-    if value < minimum:
-        raise ValueError(f"environment variable {name}={value} must be >= {minimum}")
+        raise DistributedSetupError(
+            f"environment variable {name}={text!r} is not an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise DistributedSetupError(f"environment variable {name}={value} must be {bound}")
     return value
 
 
 def world_info() -> WorldInfo:
     """This process's place, from the environment (a world of one when it is unset).
 
-    Raises ValueError for malformed values (e.g. ``RANK >= WORLD_SIZE``).
+    Raises DistributedSetupError (a ValueError) for malformed values (e.g. ``RANK >=
+    WORLD_SIZE``, a ``MASTER_PORT`` outside 1..65535).
     """
     world_size = _env_int("WORLD_SIZE", 1, 1)
     rank = _env_int("RANK", 0, 0)
     local_rank = _env_int("LOCAL_RANK", rank, 0)
     if rank >= world_size:
-        raise ValueError(f"RANK={rank} must be smaller than WORLD_SIZE={world_size}")
+        raise DistributedSetupError(f"RANK={rank} must be smaller than WORLD_SIZE={world_size}")
     port = os.environ.get("MASTER_PORT")
     return WorldInfo(
         rank=rank,
         local_rank=local_rank,
         world_size=world_size,
         master_addr=os.environ.get("MASTER_ADDR") or None,
-        master_port=_env_int("MASTER_PORT", 0, 1) if port else None,
+        master_port=_env_int("MASTER_PORT", 0, 1, 65535) if port else None,
     )
 
 

@@ -12,13 +12,14 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .env import WorldInfo, world_info
+from .env import DistributedSetupError, WorldInfo, world_info
 
 __all__ = ["DEFAULT_TIMEOUT_S", "backend_for", "cleanup", "init_distributed"]
 
 # Long enough for a checkpoint write or an evaluation pass on one rank while the others
 # wait, short enough that a dead peer surfaces within a couple of minutes.
 DEFAULT_TIMEOUT_S = 120.0
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: beyond it no wait is a wait, and timedelta overflows
 
 
 def backend_for(device: torch.device | str | None = None) -> str:
@@ -36,15 +37,17 @@ def init_distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
     ``backend``: "gloo", "nccl" or "auto" (:func:`backend_for` of the machine). With nccl the
     current CUDA device becomes ``cuda:LOCAL_RANK``. A world of one, or a group that is
     already initialized, is left as it is. Returns this process's :class:`WorldInfo`.
-    Raises ValueError when ``MASTER_ADDR``/``MASTER_PORT`` are missing or ``timeout_s`` <= 0.
+    Raises DistributedSetupError (a ValueError) when ``MASTER_ADDR``/``MASTER_PORT`` are
+    missing or ``timeout_s`` is not in (0, :data:`MAX_TIMEOUT_S`].
     """
     info = world_info()
     if not info.distributed or dist.is_initialized():
         return info
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise DistributedSetupError(
+            f"timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S}], got {timeout_s!r}")
     if info.master_addr is None or info.master_port is None:
-        raise ValueError(
+        raise DistributedSetupError(
             f"WORLD_SIZE={info.world_size} but MASTER_ADDR/MASTER_PORT are not set: start the "
             "processes with torchrun or `bnlab train --nproc N`"
         )

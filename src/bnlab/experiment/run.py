@@ -112,7 +112,21 @@ def write_metrics(out_dir: Path, config: TrainConfig, history: History) -> None:
     write_bytes_atomically(out_dir / "metrics.csv", history.csv_text().encode())
 
 
-def _resume_point(config: TrainConfig, ckpt_dir: Path, resume: bool) -> dict[str, Any] | None:
+def _processes(world_size: int, sync_bn: bool) -> dict[str, Any]:
+    """How a run is spread over processes, recorded in its checkpoint: the global batch and
+    the BN statistics depend on it, so a resume must match it."""
+    return {"world_size": world_size, "sync_bn": bool(sync_bn and world_size > 1)}
+
+
+def _describe_processes(processes: dict[str, Any]) -> str:
+    n = processes["world_size"]
+    if n == 1:
+        return "1 process"
+    return f"{n} processes, {'synchronized' if processes['sync_bn'] else 'per-process'} BN"
+
+
+def _resume_point(config: TrainConfig, ckpt_dir: Path, resume: bool,
+                  processes: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint's run state when resuming, None for a fresh run."""
     has_checkpoint = checkpoint_exists(ckpt_dir)  # or the copy a crash mid-save left aside
     if not resume:
@@ -137,6 +151,15 @@ def _resume_point(config: TrainConfig, ckpt_dir: Path, resume: bool) -> dict[str
     if diff := saved.mismatches(config):
         raise RunError(f"cannot resume {ckpt_dir}: settings differ from the checkpoint's: "
                        + "; ".join(diff))
+    saved_processes = state.get("processes", processes)  # absent in older checkpoints
+    if saved_processes != processes:
+        try:
+            then = _describe_processes(saved_processes)
+        except (KeyError, TypeError):
+            then = repr(saved_processes)
+        raise RunError(f"cannot resume {ckpt_dir}: it was trained with {then}, this run has "
+                       f"{_describe_processes(processes)} (--nproc/torchrun, --no-sync-bn); "
+                       "the global batch and BN statistics would change")
     return state
 
 
@@ -165,7 +188,8 @@ def run_training(
     """
     world = world_info()
     out = Path(out_dir)
-    state = _resume_point(config, out / CHECKPOINT_DIR, resume)
+    processes = _processes(world.world_size, sync_bn)
+    state = _resume_point(config, out / CHECKPOINT_DIR, resume, processes)
     device = rank_device(config.device, world) if world.distributed else select_device(
         config.device)
     seed_everything(config.seed)
@@ -183,14 +207,14 @@ def run_training(
     model.to(device)
     loaders = (train_loader, test_loader)
     if not world.distributed:
-        return _train(config, out, state, model, model, loaders, device, progress)
+        return _train(config, out, state, model, model, loaders, device, progress, processes)
     check_global_batch(train_loader)
     joined = not dist.is_initialized()
     init_distributed(backend_for(device), dist_timeout_s)
     try:
         agree_on_resume(0 if state is None else int(state["epoch"]), device)
         net = wrap_model(model, device, sync_bn)
-        result = _train(config, out, state, model, net, loaders, device, progress)
+        result = _train(config, out, state, model, net, loaders, device, progress, processes)
         if joined:
             # Leave together: tearing gloo down while a peer is still writing its outputs
             # has been seen to abort that peer at exit.
@@ -210,6 +234,7 @@ def _train(
     loaders: tuple[TensorLoader, TensorLoader],
     device: torch.device,
     progress: bool,
+    processes: dict[str, Any],
 ) -> RunResult:
     """Train ``net`` (``model`` itself, or its DDP wrapper) and write the outputs."""
     distributed = net is not model
@@ -237,6 +262,7 @@ def _train(
             "epoch": record.epoch,
             "config": config.to_dict(),
             "history": history.to_dict()["epochs"],
+            "processes": processes,
             "rng": capture_rng_state(),
         })
         write_metrics(out, config, history)
