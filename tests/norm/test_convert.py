@@ -64,3 +64,13 @@ def test_tracking_switched_off_after_construction_is_carried_over():
 def test_unknown_target():
     with pytest.raises(ValueError, match="must be 'bnlab' or 'torch'"):
         bnlab.convert(nn.Linear(2, 2), to="jax")
+
+
+def test_sync_batch_norm_becomes_torchs_keeping_its_group():
+    group = object()  # stands for a process group: only carried over
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), bnlab.SyncBatchNorm(3, process_group=group))
+    model[1].running_mean.fill_(0.5)
+    converted = bnlab.convert(model, to="torch")
+    layer = converted[1]
+    assert type(layer) is nn.SyncBatchNorm and layer.process_group is group
+    assert torch.equal(layer.running_mean, torch.full((3,), 0.5))

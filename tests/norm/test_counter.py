@@ -73,3 +73,19 @@ def test_the_fused_op_counts_only_a_batch_it_accepts(kernel):
     torch.ops.bnlab.batch_norm(torch.randn(2, 3), None, None, None, None, True, 0.1, 1e-5, 0,
                                counter)
     assert counter.item() == 1
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_a_rejected_batch_is_not_counted_in_either_momentum_mode(momentum):
+    layer = bnlab.BatchNorm1d(3, momentum=momentum)
+    reference = torch.nn.BatchNorm1d(3, momentum=momentum)
+    x = torch.randn(8, 3)
+    layer(x), reference(x)
+    with pytest.raises(ValueError):
+        layer(torch.randn(1, 3))  # one value per channel
+    assert layer.num_batches_tracked.item() == 1  # (torch's layer would count it)
+    x = torch.randn(8, 3) * 3 + 1
+    layer(x), reference(x)
+    assert layer.num_batches_tracked.item() == 2
+    torch.testing.assert_close(layer.running_mean, reference.running_mean)
+    torch.testing.assert_close(layer.running_var, reference.running_var)

@@ -63,3 +63,46 @@ def test_empty_batch_returns_empty_output_and_leaves_statistics(shape):
 def test_notebook_form_rejects_unknown_rank():
     with pytest.raises(ValueError, match="num_dims must be 2, 3, 4 or 5"):
         bnlab.BatchNorm(3, num_dims=6)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64, torch.bool])
+def test_input_must_be_real_floating_point(dtype):
+    with pytest.raises(ValueError, match=f"real floating-point input, got {dtype}"):
+        bnlab.BatchNorm1d(3)(torch.ones(4, 3).to(dtype))
+
+
+def test_running_statistics_come_both_or_neither():
+    with pytest.raises(ValueError, match="either both be None or neither be None"):
+        BF.batch_norm(torch.randn(4, 3), torch.zeros(3), None, training=True)
+    with pytest.raises(ValueError, match="either both be None or neither be None"):
+        torch.nn.functional.batch_norm(torch.randn(4, 3), torch.zeros(3), None, training=True)
+
+
+@pytest.mark.parametrize("eps", [0.0, -2.0])
+def test_eps_must_be_positive_in_training_as_in_torch(eps):
+    with pytest.raises(ValueError, match="eps must be positive during training"):
+        bnlab.BatchNorm1d(3, eps=eps)(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="eps must be positive during training"):
+        torch.nn.BatchNorm1d(3, eps=eps)(torch.randn(4, 3))
+
+
+def test_pruned_and_parametrized_parameters_are_used():
+    from torch.nn.utils import parametrize, prune
+
+    x = torch.randn(4, 3, 2, 2)
+    outputs = []
+    for layer in (bnlab.BatchNorm2d(3), torch.nn.BatchNorm2d(3)):
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor([1.0, -3.0, 2.0]))
+        prune.l1_unstructured(layer, "weight", amount=1)  # zeroes the smallest |weight|
+        parametrize.register_parametrization(layer, "bias", Doubled())
+        with torch.no_grad():
+            layer.parametrizations.bias.original.fill_(0.5)
+        outputs.append(layer(x))
+    torch.testing.assert_close(outputs[0], outputs[1])
+    assert torch.all(outputs[0][:, 0] == 1.0)  # weight pruned to 0, bias doubled to 1
+
+
+class Doubled(torch.nn.Module):
+    def forward(self, t):
+        return 2 * t

@@ -123,3 +123,21 @@ def test_channels_last_3d():
     layer = bnlab.BatchNorm3d(3)
     x = torch.randn(2, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d)
     assert layer(x).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5, 5), (2, 3, 40, 40)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_a_nan_or_inf_poisons_its_channel_as_in_torch(shape, bad, activation):
+    x = torch.randn(*shape)
+    x[1, 0] = bad
+    theirs = torch.nn.BatchNorm1d(3) if len(shape) == 2 else torch.nn.BatchNorm2d(3)
+    ours = (bnlab.BatchNorm1d if len(shape) == 2 else bnlab.BatchNorm2d)(3, activation=activation)
+    expected = theirs(x)
+    expected = torch.relu(expected) if activation else expected
+    got = ours(x)
+    # channel 0: NaN everywhere, the running variance too (not a NaN clamped away to 0)
+    assert got[:, 0].isnan().all() and expected[:, 0].isnan().all()
+    assert ours.running_var[0].isnan() and theirs.running_var[0].isnan()
+    torch.testing.assert_close(got[:, 1:], expected[:, 1:])
+    torch.testing.assert_close(ours.running_var[1:], theirs.running_var[1:])

@@ -1,18 +1,30 @@
 """The notebook's whole experiment: the same LeNet without BN, with bnlab BN and with torch
-BN, trained on the same data from the same seed, summarised in one table and one plot."""
+BN, trained on the same data from the same seed, summarised in one table and one plot.
+
+Each run has a fresh process of its own, exactly as a separate ``bnlab train`` would: its
+peak memory on the CPU is the process's resident high-water mark, which in one shared
+process would carry over from run to run (imports, memory malloc keeps for reuse).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..atomic_files import write_bytes_atomically
+from ..checkpoint import load_checkpoint
+from ..host import freed_memory_kept
 from ..memory import format_bytes
+from ..models import build_model
+from ..train import History
 from .config import TrainConfig
+from .errors import RunError
 from .plots import plot_overlay
-from .run import RunResult, run_training
+from .run import CHECKPOINT_DIR, RunResult, run_training
 
 __all__ = ["DEFAULT_NORMS", "compare_table", "run_compare"]
 
@@ -53,14 +65,68 @@ def run_compare(
     for norm in norms:
         run_config = dataclasses.replace(config, norm=norm)
         print(f"\n=== {LABELS.get(norm, norm)} ===", flush=True)
-        results.append(run_training(run_config, out / norm, resume=resume, progress=progress))
+        results.append(run_in_own_process(run_config, out / norm, resume, progress))
     table = compare_table(results)
     write_bytes_atomically(out / "comparison.md", (table + "\n").encode())
     summary = {r.config.norm: {"history": r.history.to_dict()["epochs"],
                                "parameters": r.parameters} for r in results}
+    shared = {k: v for k, v in config.to_dict().items() if k != "norm"} | {"norms": list(norms)}
     write_bytes_atomically(out / "comparison.json",
-                           (json.dumps({"config": config.to_dict(), "runs": summary},
+                           (json.dumps({"config": shared, "runs": summary},
                                        indent=2) + "\n").encode())
     plot_overlay({LABELS.get(r.config.norm, r.config.norm): r.history for r in results},
                  out / "compare.png")
     return results
+
+
+def run_in_own_process(config: TrainConfig, out: Path, resume: bool, progress: bool) -> RunResult:
+    """:func:`run_training` in a new Python process (its output goes where this one's does);
+    its errors are raised here, Ctrl-C stops it. The returned model is read back from the
+    run's checkpoint, on the CPU."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(send, config, out, resume, progress))
+    child.start()
+    send.close()
+    try:
+        message = receive.recv()
+    except EOFError:  # it died without a word (killed, out of memory)
+        message = None
+    finally:  # after Ctrl-C here too: the child has it as well, and is given time to stop
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    if message is None:
+        raise RunError(f"the {config.norm} run's process ended with status {child.exitcode} "
+                       "and no result")
+    if message[0] == "interrupted":
+        raise KeyboardInterrupt
+    if message[0] == "error":
+        raise message[1]
+    _, history, parameters, resumed_from = message
+    model = build_model(config.model, config.norm)
+    load_checkpoint(out / CHECKPOINT_DIR, model=model)
+    return RunResult(config, History.from_dict({"epochs": history}), model, out, parameters,
+                     resumed_from)
+
+
+def _child(send, config: TrainConfig, out: Path, resume: bool, progress: bool) -> None:
+    """The run, in the new process: its result or its error goes back through ``send``."""
+    try:
+        with freed_memory_kept():  # as bnlab's commands run
+            result = run_training(config, out, resume=resume, progress=progress)
+        send.send(("ok", result.history.to_dict()["epochs"], result.parameters,
+                   result.resumed_from))
+    except KeyboardInterrupt:
+        send.send(("interrupted",))
+    except Exception as err:
+        # shown with the traceback this process's error gets in the parent (not in str(err))
+        if hasattr(err, "add_note"):  # Python 3.11+
+            err.add_note("raised in the run's own process:\n" + traceback.format_exc().rstrip())
+        try:
+            send.send(("error", err))
+        except Exception:  # not picklable
+            send.send(("error", RunError(f"{type(err).__name__}: {err}")))
+    finally:
+        send.close()

@@ -56,19 +56,27 @@ class BatchNormFunction(torch.autograd.Function):
     """``y = (x - mean) * rsqrt(var + eps) * weight + bias``; see the module docstring.
 
     ``mean``/``var`` (C,) are in the compute dtype; ``weight``/``bias`` (C,) or None.
+    Reverse mode (``backward``), forward mode (``jvp``) and ``torch.func`` transforms
+    (``vmap`` by the generated rule) are supported.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x, mean, var, weight, bias, eps, batch_statistics):
+    def forward(x, mean, var, weight, bias, eps, batch_statistics):
+        return apply_statistics(x, mean, torch.rsqrt(var + eps), weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, mean, var, weight, bias, eps, batch_statistics = inputs
         invstd = torch.rsqrt(var + eps)
-        y = apply_statistics(x, mean, invstd, weight, bias)
         # Saved: the input (kept alive by most producers anyway; torch's kernel saves it
         # too) and the two (C,) statistics; x_hat, y and every temporary are recomputed.
         ctx.save_for_backward(x, mean, invstd, weight)
+        ctx.save_for_forward(x, mean, invstd, weight)
         ctx.eps = eps
         ctx.batch_statistics = batch_statistics
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -79,6 +87,27 @@ class BatchNormFunction(torch.autograd.Function):
             (need_x, need_w, need_b), ctx.bias_dtype,
         )
         return dx, None, None, dweight, dbias, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dmean, dvar, dweight, dbias, _eps, _batch_statistics):
+        """The output's tangent from the inputs' (None: zero). In training the batch
+        statistics arrive with their own tangents (``var_mean``'s, from ``x``'s), so the
+        chain rule through ``mean`` and ``var`` here completes the derivative."""
+        x, mean, invstd, weight = ctx.saved_tensors
+        dt = invstd.dtype
+        xmu = x.to(dt) - channel_view(mean, x)
+        d_xmu = xmu.new_zeros(()) if dx is None else dx.to(dt)
+        if dmean is not None:
+            d_xmu = d_xmu - channel_view(dmean, x)
+        d_xhat = d_xmu * channel_view(invstd, x)
+        if dvar is not None:  # d invstd = -invstd^3 / 2 * d var
+            d_xhat = d_xhat - xmu * channel_view(invstd * invstd * invstd * dvar / 2, x)
+        dy = d_xhat if weight is None else d_xhat * channel_view(weight.to(dt), x)
+        if dweight is not None:
+            dy = dy + xmu * channel_view(invstd * dweight.to(dt), x)
+        if dbias is not None:
+            dy = dy + channel_view(dbias.to(dt), x)
+        return dy.expand_as(xmu).to(x.dtype)
 
 
 def closed_form_grads(

@@ -20,7 +20,17 @@ def _target_class(layer: nn.Module, to: str) -> type[nn.Module] | None:
         return _TO_BNLAB.get(type(layer))
     if isinstance(layer, BatchNorm):
         return _NOTEBOOK_TO_TORCH[layer.num_dims]
+    from .sync import SyncBatchNorm  # sync.py builds on this module: imported on use
+
+    if type(layer) is SyncBatchNorm:
+        return nn.SyncBatchNorm
     return _TO_TORCH.get(type(layer))
+
+
+def _swap(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    if cls is nn.SyncBatchNorm:  # keeps its process group
+        return swap_layer(layer, cls, process_group=layer.process_group)
+    return swap_layer(layer, cls)
 
 
 def swap_layer(layer: nn.Module, cls: type[nn.Module], **kwargs) -> nn.Module:
@@ -64,22 +74,27 @@ def convert(module: nn.Module, to: str = "bnlab") -> nn.Module:
     """A deep copy of ``module`` with every batch-norm layer swapped for the other kind.
 
     ``to="bnlab"``: ``nn.BatchNorm1d/2d/3d`` become ``bnlab.BatchNorm1d/2d/3d``.
-    ``to="torch"``: bnlab layers (including the notebook's ``BatchNorm``) become torch's.
+    ``to="torch"``: bnlab layers (including the notebook's ``BatchNorm``) become torch's,
+    ``bnlab.SyncBatchNorm`` ``nn.SyncBatchNorm`` (same process group).
     Parameters (the same values, ``requires_grad`` kept), running statistics, settings and
-    train/eval mode are preserved; other layers are untouched. Subclasses of the torch
-    layers (e.g. ``SyncBatchNorm``) are left alone. Hooks on swapped layers are not copied.
+    train/eval mode are preserved; other layers are untouched. Subclasses of torch's layers
+    (e.g. ``nn.SyncBatchNorm``: see :func:`bnlab.convert_sync_batchnorm`) are left alone by
+    ``to="bnlab"``. Hooks on swapped layers are not copied.
     """
     if to not in ("bnlab", "torch"):
         raise ValueError(f"convert(to=...) must be 'bnlab' or 'torch', got {to!r}")
-    model = copy.deepcopy(module)
+    # Process groups are handles to shared communicators, not state: the copy keeps them.
+    groups = {id(g): g for m in module.modules()
+              if (g := getattr(m, "process_group", None)) is not None}
+    model = copy.deepcopy(module, memo=dict(groups))
     cls = _target_class(model, to)
     if cls is not None:
-        return swap_layer(model, cls)
+        return _swap(model, cls)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             cls = _target_class(child, to)
             if cls is not None:
-                setattr(parent, name, swap_layer(child, cls))
+                setattr(parent, name, _swap(child, cls))
     return model
 
 

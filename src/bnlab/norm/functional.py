@@ -80,6 +80,7 @@ def update_running_stats(
 
     The running variance takes the unbiased batch variance, ``var * count / (count - 1)``.
     """
+    mean, var = mean.detach(), var.detach()  # no forward-mode tangent into the buffers
     if running_mean is not None:
         running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
     if running_var is not None:
@@ -112,6 +113,7 @@ def _check_args(
     weight: Tensor | None,
     bias: Tensor | None,
     training: bool,
+    eps: float,
 ) -> None:
     if x.dim() < 2:
         raise ValueError(f"batch_norm expects input of shape (N, C, *), got {x.dim()}D input")
@@ -127,9 +129,16 @@ def _check_args(
                 f"channel mismatch: input has {channels} channels (dim 1 of shape "
                 f"{tuple(x.shape)}) but {name} has {t.numel()} elements"
             )
-    if not training and (running_mean is None or running_var is None):
+    if not (x.is_floating_point() and not x.is_complex()):
+        raise ValueError(f"batch_norm expects real floating-point input, got {x.dtype}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be "
+                         "None")
+    if not training and running_mean is None:
         raise ValueError("running_mean and running_var must be given when training=False")
     if training:
+        if not eps > 0:
+            raise ValueError(f"batch_norm eps must be positive during training, got {eps}")
         count = x.numel() // channels if channels else 0
         if count == 1:
             raise ValueError(
@@ -180,7 +189,7 @@ def batch_norm(
     full-size output is never written, and backward takes the pooled gradient directly.
     Equal to ``F.avg_pool2d`` of the unpooled result (the same sums in the same order).
     """
-    _check_args(input, running_mean, running_var, weight, bias, training)
+    _check_args(input, running_mean, running_var, weight, bias, training, eps)
     check_activation(activation)
     if pool is not None:
         check_pool(pool, input)
@@ -192,7 +201,7 @@ def batch_norm(
         out = fused_batch_norm(input, weight, bias, running_mean, running_var, training,
                                momentum, eps, activation, num_batches_tracked, fused_pool)
         return out if fused_pool else apply_pool(out, pool)
-    if path == "triton" and (running_mean is None) == (running_var is None):
+    if path == "triton":
         return apply_pool(triton_batch_norm(input, weight, bias, running_mean, running_var,
                                             training, momentum, eps, activation,
                                             num_batches_tracked), pool)
@@ -226,7 +235,7 @@ def _reference_batch_norm(
         mean, var = batch_stats(input)
         count = input.numel() // input.shape[1]
         update_running_stats(running_mean, running_var, mean, var, count, momentum)
-    else:
-        mean = running_mean.to(compute_dtype(input.dtype))
-        var = running_var.to(compute_dtype(input.dtype))
+    else:  # copies: a training step after this one may update the buffers in place
+        mean = running_mean.to(compute_dtype(input.dtype), copy=True)
+        var = running_var.to(compute_dtype(input.dtype), copy=True)
     return normalize(input, mean, var, weight, bias, eps, training)

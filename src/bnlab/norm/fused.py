@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
 from . import gpu
@@ -72,6 +73,13 @@ def fused_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
     return True
 
 
+def _transforming() -> bool:
+    """Whether forward-mode AD (a ``dual_level``) or a ``torch.func`` transform (grad, jvp,
+    vmap, ...) is active: cheap global checks, no per-tensor ones."""
+    return (getattr(forward_ad, "_current_level", -1) >= 0
+            or torch._C._functorch.maybe_current_level() is not None)
+
+
 def select_kernel(kernel: str | None, x: Tensor, params: tuple[Tensor | None, ...]) -> str:
     """Which kernels run for these inputs: ``"fused"`` (C++, CPU), ``"triton"`` (GPU) or
     ``"reference"`` (tensor ops). A requested ``"fused"``/``"triton"`` runs wherever it
@@ -81,6 +89,8 @@ def select_kernel(kernel: str | None, x: Tensor, params: tuple[Tensor | None, ..
     choice = requested_kernel(kernel)
     if choice == "reference" or torch.compiler.is_compiling():
         return "reference"  # under torch.compile the tensor-op path is traced and fused
+    if _transforming():
+        return "reference"  # the kernels have no forward-mode or vmap rules; its ops do
     if choice == "triton":
         if gpu.triton_ops() is None:
             raise KernelUnavailable(

@@ -133,22 +133,23 @@ class BatchNormBase(nn.Module):
         # Read parameters and buffers from their dicts: nn.Module's __getattr__ costs more
         # than the whole kernel on small inputs.
         params, buffers = self._parameters, self._buffers
+        # (Pruning and parametrizations take weight/bias out of the dict; the attribute stays.)
+        weight = params["weight"] if "weight" in params else self.weight
+        bias = params["bias"] if "bias" in params else self.bias
         running_mean, running_var = buffers["running_mean"], buffers["running_var"]
         training, momentum = self.training, self.momentum
         factor = 0.0 if momentum is None else momentum
-        # The batch counter is incremented by batch_norm (in the fused op), unless the
-        # cumulative average needs its new value first.
+        # batch_norm increments the batch counter once it has accepted the batch (in the
+        # fused op); the cumulative average's factor uses the count that batch makes.
         tracked = buffers["num_batches_tracked"] if training and self.track_running_stats else None
         if tracked is not None and momentum is None:
-            tracked.add_(1)
-            factor = 1.0 / float(tracked)
-            tracked = None
+            factor = 1.0 / (float(tracked) + 1.0)
         # Batch statistics in training, and in eval when there are no running statistics.
         use_batch_stats = training or (running_mean is None and running_var is None)
         # With tracking switched off after construction, training leaves the buffers alone.
         if training and not self.track_running_stats:
             running_mean = running_var = None
-        return batch_norm(input, running_mean, running_var, params["weight"], params["bias"],
+        return batch_norm(input, running_mean, running_var, weight, bias,
                           use_batch_stats, factor, self.eps, activation=self.activation,
                           num_batches_tracked=tracked, pool=self.pool)
 

@@ -182,7 +182,8 @@ std::tuple<Tensor, Tensor, Tensor> forward_train(
     _Pragma("omp simd")
     for (int64_t c = 0; c < C; ++c) {
       const double d = a[c] / count;
-      v[c] = std::max(0.0, (b[c] - a[c] * d) / count);
+      const double var = (b[c] - a[c] * d) / count;
+      v[c] = var < 0.0 ? 0.0 : var;  // not std::max: a NaN must stay NaN, as in torch
       m[c] = static_cast<scalar_t>(kc[c] + d);
       is[c] = static_cast<scalar_t>(1.0 / std::sqrt(v[c] + eps));
     }

@@ -80,7 +80,8 @@ void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const
       double a = 0.0, bb = 0.0;
       channel_shifted_sums(x, C, L, c, 0, N, k, a, bb);
       const double d = a / count;
-      const double var = std::max(0.0, (bb - a * d) / count);
+      const double raw = (bb - a * d) / count;
+      const double var = raw < 0.0 ? 0.0 : raw;  // not std::max: NaN stays NaN
       const T m = static_cast<T>(k + d);
       const T is = static_cast<T>(1.0 / std::sqrt(var + eps));
       mean[c] = m;

@@ -38,7 +38,7 @@ PARTIALS, LOCAL, RUNNING = 0, 1, 2
 def activate(y, ACT: tl.constexpr):
     """ACT 0: identity, 1: relu, 2: sigmoid."""
     if ACT == 1:
-        y = tl.maximum(y, 0.0)
+        y = tl.maximum(y, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays, as torch.relu
     elif ACT == 2:
         y = tl.sigmoid(y)
     return y
@@ -69,7 +69,9 @@ def lane_moments(first, ref, cnt, s1, s2):
     from one of the channel's values, as the sums of differences they come from, so a
     channel far from zero (1e4 + noise of 0.1) keeps their digits."""
     n = tl.maximum(cnt, 1.0)
-    return tl.where(cnt > 0, (first - ref) + s1 / n, 0.0), tl.maximum(s2 - s1 * s1 / n, 0.0)
+    # propagate_nan: a NaN or inf in the input makes the variance NaN, as in torch
+    m2 = tl.maximum(s2 - s1 * s1 / n, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    return tl.where(cnt > 0, (first - ref) + s1 / n, 0.0), m2
 
 
 @triton.jit

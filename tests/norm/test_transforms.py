@@ -1,0 +1,86 @@
+"""Forward-mode AD and torch.func transforms give torch's derivatives, on every kernel path
+(the kernels have no forward-mode or vmap rules: under a transform the tensor-op path runs)."""
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call, grad, jvp, vmap
+
+import bnlab
+
+
+def pair(training: bool, activation=None, **kwargs):
+    """The same settings and random parameters/statistics in bnlab's and torch's layer."""
+    torch.manual_seed(0)
+    ours, theirs = bnlab.BatchNorm2d(3, **kwargs), torch.nn.BatchNorm2d(3, **kwargs)
+    if theirs.affine:
+        theirs.weight.data.uniform_(0.5, 2)
+        theirs.bias.data.normal_()
+    if theirs.track_running_stats:
+        theirs.running_mean.normal_()
+        theirs.running_var.uniform_(0.5, 2)
+    ours.load_state_dict(theirs.state_dict())
+    ours.train(training), theirs.train(training)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_mode_tangent_equals_torchs(training):
+    ours, theirs = pair(training)
+    x, tangent = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5)
+    outs = []
+    for layer in (ours, theirs):
+        with fwAD.dual_level():
+            y = layer(fwAD.make_dual(x, tangent))
+            outs.append(fwAD.unpack_dual(y))
+    (y_ours, t_ours), (y_theirs, t_theirs) = outs
+    assert t_ours is not None
+    torch.testing.assert_close(y_ours, y_theirs)
+    torch.testing.assert_close(t_ours, t_theirs)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)  # buffers: plain values
+    assert fwAD.unpack_dual(ours.running_mean).tangent is None
+
+
+def test_forward_mode_through_weight_and_bias():
+    # (with running statistics torch's layer, too, mutates captured buffers: refused by jvp)
+    ours, theirs = pair(True, track_running_stats=False)
+    x = torch.randn(4, 3, 2, 2)
+    dw, db = torch.randn(3), torch.randn(3)
+    tangents = []
+    for layer in (ours, theirs):
+        params = {"weight": layer.weight.detach(), "bias": layer.bias.detach()}
+        _, t = jvp(lambda w, b, layer=layer: functional_call(layer, {"weight": w, "bias": b},
+                                                             (x,)),
+                   (params["weight"], params["bias"]), (dw, db))
+        tangents.append(t)
+    torch.testing.assert_close(tangents[0], tangents[1])
+
+
+def test_torch_func_grad_and_vmap_in_eval():
+    ours, theirs = pair(False)
+    x = torch.randn(4, 3, 2, 2)
+    results = []
+    for layer in (ours, theirs):
+        g = grad(lambda inp, layer=layer: layer(inp).pow(2).sum())(x)
+        per_sample = vmap(lambda inp, layer=layer: layer(inp.unsqueeze(0)).squeeze(0))(x)
+        results.append((g, per_sample))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
+def test_torch_func_grad_in_training_without_running_stats():
+    ours, theirs = pair(True, track_running_stats=False)
+    x = torch.randn(4, 3, 2, 2)
+    g = [grad(lambda inp, layer=layer: layer(inp).pow(3).sum())(x) for layer in (ours, theirs)]
+    torch.testing.assert_close(g[0], g[1])
+
+
+def test_an_eval_output_can_be_differentiated_after_a_training_step():
+    layer = bnlab.BatchNorm2d(3).eval()
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    y = layer(x)
+    layer.train()
+    layer(torch.randn(4, 3, 2, 2) * 5 + 3)  # moves the running statistics in place
+    y.sum().backward()  # with the statistics the output was computed from
+    expected = torch.rsqrt(torch.ones(3) + layer.eps).view(1, 3, 1, 1).expand_as(x)
+    torch.testing.assert_close(x.grad, expected)
