@@ -88,14 +88,16 @@ def test_help_shows_defaults(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--epochs", "-1"], "argument --epochs: must be a positive integer, got -1"),
+    (["train", "--epochs", "-1"], "--epochs: must be a positive integer up to 2147483647, got -1"),
     (["train", "--epochs", "ten"], "expected a positive integer, got 'ten'"),
     (["train", "--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
     (["train", "--lr", "0"], "argument --lr: must be a positive finite number"),
         (["train", "--lr", "inf"], "argument --lr: must be a positive finite number"),
         (["train", "--weight-decay", "nan"], "argument --weight-decay: must be finite and >= 0"),
         (["train", "--data-dir", ""], "argument --data-dir: expected a path"),
-    (["compare", "--batch-size", "0"], "must be a positive integer, got 0"),
+    (["compare", "--batch-size", "0"], "must be a positive integer up to 2147483647, got 0"),
+        (["train", "--seed", "-1"], "argument --seed: must be in [0, 2**63)"),
+        (["train", "--batch-size", "100000000000000000000"], "argument --batch-size: must be"),
 ])
 def test_bad_values_exit_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -166,3 +168,14 @@ def test_python_dash_m_runs_the_cli_without_traceback(tmp_path):
 def test_train_reports_where_the_data_came_from(trained, tiny_data):
     _, stdout = trained
     assert f"Fashion-MNIST from root ({tiny_data}): 256 training and 128 test images" in stdout
+
+
+def test_eval_of_a_run_with_a_relative_data_dir_works_from_elsewhere(tiny_data, tmp_path,
+                                                                      capsys, monkeypatch):
+    monkeypatch.chdir(tiny_data.parent)
+    code, _, err = run(capsys, "train", "--data-dir", tiny_data.name, *QUICK, "--out",
+                       str(tmp_path / "run"))
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path / "run")  # where tiny_data.name means nothing
+    code, text, err = run(capsys, "eval", str(tmp_path / "run"), "--device", "cpu")
+    assert code == 0 and "test acc" in text, err

@@ -159,3 +159,48 @@ def test_resume_refuses_another_process_layout(tiny_data, tmp_path, monkeypatch)
                                        "synchronized BN"):
         run_training(config(tiny_data, epochs=2), tmp_path / "run", resume=True,
                      progress=False)
+
+
+
+@pytest.mark.parametrize("norm, limit, batch_size, max_steps, refused", [
+    ("bnlab", 33, 32, None, True),   # the second batch holds one sample
+    ("torch", 33, 32, None, True),
+    ("none", 33, 32, None, False),   # no batch norm: nothing to refuse
+    ("bnlab", 33, 32, 1, False),     # the one-sample batch is never reached
+    ("bnlab", 64, 1, None, True),    # every batch holds one sample
+])
+def test_a_batch_of_one_sample_is_refused_before_training(tiny_data, tmp_path, norm, limit,
+                                                          batch_size, max_steps, refused):
+    cfg = config(tiny_data, norm=norm, limit=limit, batch_size=batch_size, epochs=1,
+                 max_steps=max_steps)
+    if not refused:
+        run_training(cfg, tmp_path / "run", progress=False)
+        return
+    with pytest.raises(RunError, match="1 training sample .* batch norm cannot normalize"):
+        run_training(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_resume_refuses_fewer_epochs_than_completed(tiny_data, tmp_path):
+    run_training(config(tiny_data, epochs=2), tmp_path / "run", progress=False)
+    with pytest.raises(RunError, match="for --epochs 1: it has completed 2 epochs"):
+        run_training(config(tiny_data, epochs=1), tmp_path / "run", resume=True,
+                     progress=False)
+
+
+def test_outputs_that_cannot_be_written_are_run_errors(tiny_data, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RunError, match="is a file"):
+        run_training(config(tiny_data, epochs=1), tmp_path / "afile", progress=False)
+    (tmp_path / "run" / "metrics.csv").mkdir(parents=True)  # a directory where a file goes
+    with pytest.raises(RunError, match="cannot write the run's outputs"):
+        run_training(config(tiny_data, epochs=1), tmp_path / "run", progress=False)
+
+
+def test_a_non_finite_test_loss_stops_before_the_epoch_is_saved(tiny_data, tmp_path):
+    from bnlab.train import NonFiniteLossError
+
+    cfg = config(tiny_data, epochs=1, optimizer="sgd", lr=1e38, max_steps=1)
+    with pytest.raises(NonFiniteLossError, match="non-finite test loss"):
+        run_training(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoint").exists()

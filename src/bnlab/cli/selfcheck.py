@@ -10,7 +10,7 @@ from torch import nn
 from .. import norm
 from ..norm.gpu import triton_status
 from ..norm.kernels import kernel_status
-from .errors import CLIError
+from .parser import non_negative_float, positive_int, seed_int
 
 CASES = [
     ("BatchNorm1d", (64, 120)),
@@ -25,9 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "selfcheck",
         help="check bnlab batch norm against torch.nn.BatchNorm (forward, grads, stats)",
     )
-    p.add_argument("--steps", type=int, default=5, help="training steps per case")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--tol", type=float, default=1e-5, help="largest allowed relative difference")
+    p.add_argument("--steps", type=positive_int, default=5, help="training steps per case")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed")
+    p.add_argument("--tol", type=non_negative_float, default=1e-5,
+                   help="largest allowed relative difference")
     p.set_defaults(handler=run)
 
 
@@ -59,8 +60,6 @@ def max_difference(name: str, shape: tuple[int, ...], steps: int, seed: int) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.steps < 1:
-        raise CLIError(f"--steps must be at least 1, got {args.steps}")
     # Which kernels the CPU cases below ran on, and what CUDA tensors would run on.
     gpu = triton_status() if torch.cuda.is_available() else "no CUDA device"
     print(f"bnlab kernels: {kernel_status()}; GPU: {gpu}\n")

@@ -10,7 +10,14 @@ from ..experiment import OPTIMIZERS, TrainConfig, compare_table, run_compare, ru
 from ..memory import format_bytes
 from ..models import NORMS, available_models
 from .errors import CLIError
-from .parser import device_name, non_negative_float, path_arg, positive_float, positive_int
+from .parser import (
+    device_name,
+    non_negative_float,
+    path_arg,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from .train_parallel import add_parallel_options, launch
 
 
@@ -26,7 +33,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="weight decay")
     p.add_argument("--momentum", type=non_negative_float, default=d.momentum,
                    help="momentum (sgd only)")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (weights, data order)")
+    p.add_argument("--seed", type=seed_int, default=d.seed,
+                   help="random seed (weights, data order)")
     p.add_argument("--device", type=device_name, default=d.device,
                    help="auto (cuda, mps, cpu), cpu, cuda[:N], mps")
     p.add_argument("--data-dir", type=path_arg, default=None, metavar="DIR",
@@ -71,7 +79,8 @@ def config_from_args(args: argparse.Namespace, norm: str) -> TrainConfig:
             model=args.model, norm=norm, epochs=args.epochs, batch_size=args.batch_size,
             optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
             momentum=args.momentum, seed=args.seed, device=args.device,
-            data_dir=None if args.data_dir is None else str(args.data_dir),
+            # absolute: `bnlab eval` may run elsewhere, and must find the same files
+            data_dir=None if args.data_dir is None else str(args.data_dir.resolve()),
             download=not args.no_download, limit=args.limit, max_steps=args.max_steps,
         )
     except ValueError as err:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,8 @@ from torch import nn
 
 from ..atomic_files import write_bytes_atomically
 from ..checkpoint import (
-    CheckpointError,
     capture_rng_state,
-    checkpoint_exists,
     load_checkpoint,
-    read_checkpoint_state,
     restore_rng_state,
     save_checkpoint,
 )
@@ -52,6 +50,7 @@ from .config import TrainConfig
 from .errors import RunError
 from .parallel import agree_on_resume, check_global_batch, rank_device, wrap_model
 from .plots import plot_curves
+from .preflight import check_batches_normalizable, processes_record, resume_point
 
 __all__ = ["RunError", "RunResult", "build_optimizer", "run_training", "seed_everything"]
 
@@ -112,55 +111,12 @@ def write_metrics(out_dir: Path, config: TrainConfig, history: History) -> None:
     write_bytes_atomically(out_dir / "metrics.csv", history.csv_text().encode())
 
 
-def _processes(world_size: int, sync_bn: bool) -> dict[str, Any]:
-    """How a run is spread over processes, recorded in its checkpoint: the global batch and
-    the BN statistics depend on it, so a resume must match it."""
-    return {"world_size": world_size, "sync_bn": bool(sync_bn and world_size > 1)}
-
-
-def _describe_processes(processes: dict[str, Any]) -> str:
-    n = processes["world_size"]
-    if n == 1:
-        return "1 process"
-    return f"{n} processes, {'synchronized' if processes['sync_bn'] else 'per-process'} BN"
-
-
-def _resume_point(config: TrainConfig, ckpt_dir: Path, resume: bool,
-                  processes: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint's run state when resuming, None for a fresh run."""
-    has_checkpoint = checkpoint_exists(ckpt_dir)  # or the copy a crash mid-save left aside
-    if not resume:
-        if has_checkpoint:
-            raise RunError(f"{ckpt_dir.parent} already holds a run; pass --resume to continue "
-                           "it or choose another --out")
-        return None
-    if not has_checkpoint:
-        return None
-    state = read_checkpoint_state(ckpt_dir)
-    try:  # state.json is checksummed by nothing: a hand edit must fail here, clearly
-        saved = TrainConfig.from_dict(state.get("config", {}))
-        history = History.from_dict({"epochs": state["history"]})
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(ckpt_dir / "state.json", f"holds an invalid run config or "
-                              f"history ({type(err).__name__}: {err})",
-                              "use an earlier checkpoint or train again") from None
-    if len(history) != state["epoch"]:
-        raise CheckpointError(ckpt_dir / "state.json",
-                              f"has {len(history)} history rows for epoch "
-                              f"{state['epoch']}", "use an earlier checkpoint or train again")
-    if diff := saved.mismatches(config):
-        raise RunError(f"cannot resume {ckpt_dir}: settings differ from the checkpoint's: "
-                       + "; ".join(diff))
-    saved_processes = state.get("processes", processes)  # absent in older checkpoints
-    if saved_processes != processes:
-        try:
-            then = _describe_processes(saved_processes)
-        except (KeyError, TypeError):
-            then = repr(saved_processes)
-        raise RunError(f"cannot resume {ckpt_dir}: it was trained with {then}, this run has "
-                       f"{_describe_processes(processes)} (--nproc/torchrun, --no-sync-bn); "
-                       "the global batch and BN statistics would change")
-    return state
+def _writing(out: Path, write: Callable[[], object]) -> None:
+    """``write()``, an OSError (disk full, a directory where a file goes) as a RunError."""
+    try:
+        write()
+    except OSError as err:
+        raise RunError(f"cannot write the run's outputs in {out}: {err}") from None
 
 
 def run_training(
@@ -188,8 +144,10 @@ def run_training(
     """
     world = world_info()
     out = Path(out_dir)
-    processes = _processes(world.world_size, sync_bn)
-    state = _resume_point(config, out / CHECKPOINT_DIR, resume, processes)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; name a directory for the run's outputs")
+    processes = processes_record(world.world_size, sync_bn)
+    state = resume_point(config, out / CHECKPOINT_DIR, resume, processes)
     device = rank_device(config.device, world) if world.distributed else select_device(
         config.device)
     seed_everything(config.seed)
@@ -204,6 +162,8 @@ def run_training(
         print(f"Fashion-MNIST from {where.kind} ({where.directory}): "
               f"{len(train_loader.labels)} training and {len(test_loader.labels)} test images",
               flush=True)
+    check_batches_normalizable(model, train_loader, config.max_steps,
+                               world.distributed and sync_bn)
     model.to(device)
     loaders = (train_loader, test_loader)
     if not world.distributed:
@@ -246,12 +206,12 @@ def _train(
     if state is not None:
         load_checkpoint(ckpt_dir, model=model, optimizer=optimizer, map_location=device)
         restore_rng_state(state["rng"])
-        history = History.from_dict({"epochs": state["history"]})  # checked by _resume_point
+        history = History.from_dict({"epochs": state["history"]})  # checked by resume_point
         done = int(state["epoch"])
         if main:
             print(f"Resuming {out} after epoch {done} of {config.epochs}", flush=True)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
+        _writing(out, lambda: out.mkdir(parents=True, exist_ok=True))
     train_loader.set_epoch(done)  # epoch k (1-based) uses the loader's epoch k - 1
 
     def on_epoch_end(record: EpochRecord, _net: nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -265,7 +225,7 @@ def _train(
             "processes": processes,
             "rng": capture_rng_state(),
         })
-        write_metrics(out, config, history)
+        _writing(out, lambda: write_metrics(out, config, history))
 
     train_classify(
         net, train_loader, test_loader, optimizer, torch.nn.CrossEntropyLoss(), config.epochs,
@@ -273,6 +233,7 @@ def _train(
         max_steps=config.max_steps, distributed=distributed,
     )
     if len(history) and main:
-        plot_curves(history, out / "curves.png",
-                    title=f"{config.model}, norm={config.norm}, seed={config.seed}")
+        _writing(out, lambda: plot_curves(
+            history, out / "curves.png",
+            title=f"{config.model}, norm={config.norm}, seed={config.seed}"))
     return RunResult(config, history, model, out, count_parameters(model), done)

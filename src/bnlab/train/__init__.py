@@ -2,7 +2,7 @@
 
 from .evaluate import Evaluation, eval_mode, evaluate
 from .history import EpochRecord, History
-from .loop import MemoryMeter, NonFiniteLossError, train_classify
+from .loop import MemoryMeter, NonFiniteLossError, NonFiniteTestLossError, train_classify
 
 __all__ = [
     "EpochRecord",
@@ -10,6 +10,7 @@ __all__ = [
     "History",
     "MemoryMeter",
     "NonFiniteLossError",
+    "NonFiniteTestLossError",
     "eval_mode",
     "evaluate",
     "train_classify",

@@ -14,11 +14,14 @@ has by then taken the steps of the bad batch and of the batches run until that s
 Training then stops with :class:`NonFiniteLossError` before evaluating or recording the
 epoch and before ``on_epoch_end`` (so no checkpoint of those weights is written); the
 weights are not usable afterwards. ``refresh_s=0`` syncs after every batch: the error then
-comes right after the bad batch's step.
+comes right after the bad batch's step. A non-finite *test* loss (finite training losses,
+weights grown past float range) stops training the same way, with
+:class:`NonFiniteTestLossError`, before the epoch is recorded.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,7 +47,7 @@ from .evaluate import (
 )
 from .history import EpochRecord, History
 
-__all__ = ["MemoryMeter", "NonFiniteLossError", "train_classify"]
+__all__ = ["MemoryMeter", "NonFiniteLossError", "NonFiniteTestLossError", "train_classify"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,6 +67,20 @@ class NonFiniteLossError(RuntimeError):
             "gradients, so the current weights are unusable (lower the learning rate or check "
             "the input data, and restart or resume from the last checkpoint)"
         )
+
+
+class NonFiniteTestLossError(NonFiniteLossError):
+    """The test loss after epoch ``epoch`` was nan or inf although every training loss was
+    finite (weights grown past float range): the epoch is not recorded."""
+
+    def __init__(self, epoch: int, test_loss: float) -> None:
+        RuntimeError.__init__(
+            self,
+            f"non-finite test loss ({test_loss}) after epoch {epoch}: the weights it ended with "
+            "are unusable, so the epoch is not recorded (lower the learning rate, and restart "
+            "or resume from the last checkpoint)")
+        self.epoch, self.batch, self.steps_after = epoch, None, 0
+        self.history = History()
 
 
 class MemoryMeter(Protocol):
@@ -248,6 +265,10 @@ def train_classify(
                                        distributed=distributed)
         if main:
             print(f"Epoch: {epoch}, test loss: {test_loss}, test acc: {test_acc}", flush=True)
+        if not math.isfinite(test_loss):  # (the same value on every process: reduced)
+            err = NonFiniteTestLossError(epoch, test_loss)
+            err.history = history
+            raise err
         record = EpochRecord(
             epoch=epoch,
             train_loss=train_loss,

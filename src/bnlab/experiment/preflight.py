@@ -1,0 +1,90 @@
+"""What a run checks before it trains: where it resumes from (a checkpoint that matches its
+settings and process layout, and is intact), and that its batches suit batch norm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..checkpoint import CheckpointError, checkpoint_exists, read_checkpoint_state
+from ..data.loader import TensorLoader
+from ..norm import is_batch_norm
+from ..train import History
+from .config import TrainConfig
+from .errors import RunError
+
+__all__ = ["check_batches_normalizable", "processes_record", "resume_point"]
+
+
+def check_batches_normalizable(model: nn.Module, loader: TensorLoader, max_steps: int | None,
+                               synchronized: bool) -> None:
+    """RunError, before any training, when an epoch would hand ``model``'s batch-norm
+    layers a batch of one sample (one value per channel: no variance to normalize by).
+    ``synchronized``: the statistics gather every process's batch (never one sample)."""
+    if synchronized or not any(is_batch_norm(m) for m in model.modules()):
+        return
+    sizes = [len(batch) for batch in loader.batch_indices(0)]
+    if max_steps is not None:
+        sizes = sizes[:max_steps]
+    if 1 in sizes:
+        raise RunError(
+            f"batch {sizes.index(1) + 1} of each epoch would hold 1 training sample "
+            f"({len(loader.labels)} samples, --batch-size {loader.batch_size}), and batch "
+            "norm cannot normalize one value per channel in training: change --batch-size "
+            "or --limit")
+
+
+def processes_record(world_size: int, sync_bn: bool) -> dict[str, Any]:
+    """How a run is spread over processes, recorded in its checkpoint: the global batch and
+    the BN statistics depend on it, so a resume must match it."""
+    return {"world_size": world_size, "sync_bn": bool(sync_bn and world_size > 1)}
+
+
+def _describe(processes: dict[str, Any]) -> str:
+    n = processes["world_size"]
+    if n == 1:
+        return "1 process"
+    return f"{n} processes, {'synchronized' if processes['sync_bn'] else 'per-process'} BN"
+
+
+def resume_point(config: TrainConfig, ckpt_dir: Path, resume: bool,
+                  processes: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's run state when resuming, None for a fresh run."""
+    has_checkpoint = checkpoint_exists(ckpt_dir)  # or the copy a crash mid-save left aside
+    if not resume:
+        if has_checkpoint:
+            raise RunError(f"{ckpt_dir.parent} already holds a run; pass --resume to continue "
+                           "it or choose another --out")
+        return None
+    if not has_checkpoint:
+        return None
+    state = read_checkpoint_state(ckpt_dir)
+    try:  # state.json is checksummed by nothing: a hand edit must fail here, clearly
+        saved = TrainConfig.from_dict(state.get("config", {}))
+        history = History.from_dict({"epochs": state["history"]})
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(ckpt_dir / "state.json", f"holds an invalid run config or "
+                              f"history ({type(err).__name__}: {err})",
+                              "use an earlier checkpoint or train again") from None
+    if state["epoch"] > config.epochs:
+        raise RunError(f"cannot resume {ckpt_dir} for --epochs {config.epochs}: it has "
+                       f"completed {state['epoch']} epochs already")
+    if len(history) != state["epoch"]:
+        raise CheckpointError(ckpt_dir / "state.json",
+                              f"has {len(history)} history rows for epoch "
+                              f"{state['epoch']}", "use an earlier checkpoint or train again")
+    if diff := saved.mismatches(config):
+        raise RunError(f"cannot resume {ckpt_dir}: settings differ from the checkpoint's: "
+                       + "; ".join(diff))
+    saved_processes = state.get("processes", processes)  # absent in older checkpoints
+    if saved_processes != processes:
+        try:
+            then = _describe(saved_processes)
+        except (KeyError, TypeError):
+            then = repr(saved_processes)
+        raise RunError(f"cannot resume {ckpt_dir}: it was trained with {then}, this run has "
+                       f"{_describe(processes)} (--nproc/torchrun, --no-sync-bn); "
+                       "the global batch and BN statistics would change")
+    return state
