@@ -51,8 +51,8 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
     os.close(fd)
     temp = Path(temp_name)
-    os.chmod(temp, 0o644)  # mkstemp makes 0600; data files are ordinary readable files
     try:
+        os.chmod(temp, 0o644)  # mkstemp makes 0600; data files are ordinary readable files
         with open(temp, "wb") as handle:
             yield handle
             handle.flush()

@@ -183,3 +183,12 @@ def test_urls_that_cannot_work_are_not_retried(mirror, found, tmp_path):
         download_file(SPEC, tmp_path, config(mirror, sleeps=sleeps))
     assert sleeps == [] and found in info.value.found and "attempts" not in info.value.found
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"mirrors": ()}, {"mirrors": "http://one.example/"}, {"attempts": 0}, {"attempts": True},
+    {"timeout_s": 0}, {"timeout_s": float("inf")}, {"backoff_s": -1},
+])
+def test_download_config_refuses_what_cannot_work(kwargs):
+    with pytest.raises(ValueError):
+        DownloadConfig(**kwargs)

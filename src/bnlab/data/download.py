@@ -50,6 +50,16 @@ class DownloadConfig:
     progress: bool = True
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
+    def __post_init__(self) -> None:
+        if not self.mirrors or isinstance(self.mirrors, str):
+            raise ValueError(f"mirrors must be a non-empty tuple of URLs, got {self.mirrors!r}")
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) \
+                or self.attempts < 1:
+            raise ValueError(f"attempts must be an int >= 1, got {self.attempts!r}")
+        if not 0 < self.timeout_s < float("inf") or not self.backoff_s >= 0:
+            raise ValueError(f"timeout_s must be positive and finite and backoff_s >= 0, got "
+                             f"{self.timeout_s!r} and {self.backoff_s!r}")
+
 
 class _MirrorRefused(Exception):
     """This mirror will not serve a good copy (4xx, a redirect loop, a bad file, a URL that
