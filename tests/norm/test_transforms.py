@@ -1,5 +1,8 @@
 """Forward-mode AD and torch.func transforms give torch's derivatives, on every kernel path
-(the kernels have no forward-mode or vmap rules: under a transform the tensor-op path runs)."""
+(the kernels have no forward-mode or vmap rules: under a transform the tensor-op path runs),
+and torch.fx traces the layers as the leaf modules torch's are."""
+
+import copy
 
 import pytest
 import torch
@@ -84,3 +87,20 @@ def test_an_eval_output_can_be_differentiated_after_a_training_step():
     y.sum().backward()  # with the statistics the output was computed from
     expected = torch.rsqrt(torch.ones(3) + layer.eps).view(1, 3, 1, 1).expand_as(x)
     torch.testing.assert_close(x.grad, expected)
+
+
+def test_fx_symbolic_trace_keeps_each_layer_as_one_call_like_torchs():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3), bnlab.BatchNorm2d(3, activation="relu"),
+        torch.nn.Flatten(), torch.nn.Linear(12, 4), bnlab.BatchNorm1d(4),
+        bnlab.SyncBatchNorm(4))
+    untraced = copy.deepcopy(model)
+    traced = torch.fx.symbolic_trace(model)
+    calls = [n.target for n in traced.graph.nodes if n.op == "call_module"]
+    assert calls == ["0", "1", "2", "3", "4", "5"]  # the BN layers are leaves, as torch's
+    x = torch.randn(5, 1, 4, 4)
+    torch.testing.assert_close(traced(x), untraced(x))  # training: batch statistics...
+    torch.testing.assert_close(traced.get_submodule("1").running_mean, untraced[1].running_mean)
+    traced.eval(), untraced.eval()
+    torch.testing.assert_close(traced(x), untraced(x))  # ...and the mode is the call's

@@ -123,6 +123,8 @@ class BatchNormBase(nn.Module):
         )
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):
+            return _traced_call(self, input)
         self._check_input_dim(input)
         if input.shape[1] != self.num_features:
             raise ValueError(
@@ -152,6 +154,13 @@ class BatchNormBase(nn.Module):
         return batch_norm(input, running_mean, running_var, weight, bias,
                           use_batch_stats, factor, self.eps, activation=self.activation,
                           num_batches_tracked=tracked, pool=self.pool)
+
+
+def _traced_call(module: nn.Module, input: torch.fx.Proxy) -> torch.fx.Proxy:
+    """Under ``torch.fx.symbolic_trace``: one ``call_module`` node for the whole layer, as
+    torch's batch-norm layers are leaf modules (their checks and mode run when it is called)."""
+    tracer = input.tracer
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), (input,), {})
 
 
 def _rank_error(expected: str, input: Tensor) -> ValueError:
