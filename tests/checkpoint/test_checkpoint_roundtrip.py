@@ -3,7 +3,11 @@
 import collections
 import json
 import math
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 from checkpoint_helpers import (
@@ -209,3 +213,22 @@ def test_multistep_milestones_come_back_as_a_counter(tmp_path):
         warnings.simplefilter("ignore")
         other.step(3)
     assert other.get_last_lr() == [lr * 0.5 for lr in scheduler.base_lrs]  # one milestone passed
+
+
+def test_the_same_state_gives_the_same_bytes_in_every_process(tmp_path):
+    # safetensors orders its header by per-process hash seeds: the files are canonicalized
+    script = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from checkpoint_helpers import trained_pair\n"
+        "from bnlab.checkpoint import save_checkpoint\n"
+        "model, optimizer = trained_pair()\n"
+        "save_checkpoint(Path(sys.argv[1]), model=model, optimizer=optimizer,\n"
+        "                state={'epoch': 1, 'rng': {}})\n"
+    )
+    helpers = str(Path(__file__).parent)
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True,
+                       env={**os.environ, "PYTHONPATH": helpers})
+    for file in ("model.safetensors", "optimizer.safetensors"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()

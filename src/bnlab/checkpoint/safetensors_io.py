@@ -38,13 +38,26 @@ def storable(tensors: Mapping[str, object], path: Path) -> dict[str, Tensor]:
 def to_bytes(tensors: dict[str, Tensor], metadata: Mapping[str, str], path: Path) -> bytes:
     """The safetensors encoding of ``tensors`` (from :func:`storable`) with ``metadata``."""
     try:
-        return safetensors.torch.save(tensors, metadata=dict(metadata))
+        return _canonical(safetensors.torch.save(tensors, metadata=dict(metadata)))
     except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a dtype safetensors lacks
         raise CheckpointError(
             path,
             f"cannot be encoded as safetensors ({exc})",
             "convert such tensors to a dtype safetensors supports",
         ) from exc
+
+
+def _canonical(data: bytes) -> bytes:
+    """``data`` with its JSON header's keys sorted. safetensors writes the header in its hash
+    maps' order, which changes from process to process, so the same state would give other
+    bytes each run; sorted, a checkpoint's bytes (and SHA-256) depend on its state alone.
+    (The tensor data and its offsets are untouched; the header is padded with spaces to a
+    multiple of 8 bytes, as the format allows.)"""
+    size = int.from_bytes(data[:_HEADER_LEN], "little")
+    header = json.loads(data[_HEADER_LEN:_HEADER_LEN + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(_HEADER_LEN, "little") + text + data[_HEADER_LEN + size:]
 
 
 def _metadata(data: bytes, path: Path) -> dict[str, str]:
