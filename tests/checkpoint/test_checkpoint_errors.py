@@ -229,7 +229,7 @@ def test_a_failed_load_part_way_puts_back_what_it_changed(tmp_path):
                  scheduler=scheduler)
     assert bitwise_equal(dict(fresh.state_dict()), before)
     assert bitwise_equal(fresh_opt.state_dict(), opt_before)
-    assert scheduler.state_dict().keys() == sched_before.keys()
+    assert scheduler.state_dict() == sched_before
 
 
 @pytest.mark.parametrize("name", ["state.json", "model.safetensors"])
@@ -271,3 +271,15 @@ def test_rng_state_errors_name_no_file():
     with pytest.raises(CheckpointError, match="^RNG state: missing") as info:
         restore_rng_state({})
     assert info.value.path is None
+
+
+def test_a_directory_in_place_of_a_file_is_refused_without_leaking(saved):
+    import os
+
+    path, _, _ = saved
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors").mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        expect_error(path, "model.safetensors: is not a regular file of at most")
+    assert len(os.listdir("/proc/self/fd")) == before

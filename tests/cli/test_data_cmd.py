@@ -125,3 +125,13 @@ def test_info_checks_each_split_as_loading_does(damage, tmp_path, capsys):
     damaged = [line for line in capsys.readouterr().out.splitlines() if "DAMAGED" in line]
     assert len(damaged) == 1 and str(labels_path) in damaged[0]
     assert "correct or replace the file" in damaged[0]  # the user's own files: not "delete"
+
+
+def test_info_checks_that_the_splits_images_share_a_size(tmp_path, capsys):
+    write_tiny(tmp_path / "fm")
+    test_images = tmp_path / "fm" / "t10k-images-idx3-ubyte.gz"
+    test_images.write_bytes(gzip.compress(encode_idx(np.zeros((3, 10, 10), np.uint8))))
+    assert main(["data", "info", "--data-dir", str(tmp_path / "fm")]) == 1
+    damaged = [line for line in capsys.readouterr().out.splitlines() if "DAMAGED" in line]
+    assert len(damaged) == 1 and str(test_images) in damaged[0]
+    assert "train split's size (28, 28)" in damaged[0]

@@ -65,7 +65,7 @@ def test_inspect_precision_must_not_be_negative(trained, capsys):
     out, _ = trained
     with pytest.raises(SystemExit) as exc:
         main(["inspect", str(out), "--precision", "-1"])
-    assert exc.value.code == 2 and "--precision: must be >= 0" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--precision: must be in [0, " in capsys.readouterr().err
 
 
 def test_compare_prints_the_table(tiny_data, tmp_path, capsys):
@@ -179,3 +179,9 @@ def test_eval_of_a_run_with_a_relative_data_dir_works_from_elsewhere(tiny_data, 
     monkeypatch.chdir(tmp_path / "run")  # where tiny_data.name means nothing
     code, text, err = run(capsys, "eval", str(tmp_path / "run"), "--device", "cpu")
     assert code == 0 and "test acc" in text, err
+
+
+def test_compare_reports_an_error_in_a_run_as_one_line(tiny_data, tmp_path, capsys):
+    code, _, err = run(capsys, "compare", "--data-dir", str(tiny_data), *QUICK, "--optimizer",
+                       "sgd", "--lr", "1e38", "--max-steps", "1", "--out", str(tmp_path / "c"))
+    assert code == 2 and "non-finite" in err and len(err.strip().splitlines()) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bnlab.data import FILES, DatasetError, locate, sources, user_cache_dir
@@ -107,14 +109,14 @@ def test_cache_dir_follows_xdg_then_home(monkeypatch, tmp_path):
 
 def _unsearchable(monkeypatch, directory):
     """Make ``directory`` behave as one this process may not search (root ignores chmod)."""
-    real = sources.Path.is_file
+    real = sources.os.stat
 
-    def is_file(path):
-        if directory in path.parents:
+    def stat(path, *args, **kwargs):
+        if directory in Path(path).parents:
             raise PermissionError(13, "Permission denied", str(path))
-        return real(path)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(sources.Path, "is_file", is_file)
+    monkeypatch.setattr(sources.os, "stat", stat)
 
 
 def test_an_unreadable_explicit_directory_is_a_clear_error(dirs, monkeypatch):

@@ -111,7 +111,7 @@ def _one_value_per_channel(rank: int) -> str:
     try:
         layer(x)
     except ValueError as err:
-        return str(err)
+        return f"{err} | counted {int(layer.num_batches_tracked)}"
     return "no error"
 
 
@@ -183,6 +183,7 @@ def test_running_stats_move_only_with_data(ranks):
 def test_one_value_per_channel_fails_on_every_rank(ranks):
     for r in range(WORLD):
         assert "Expected more than 1 value per channel when training" in ranks[r]["one_value"]
+        assert ranks[r]["one_value"].endswith("| counted 0")  # a rejected batch is not counted
 
 
 def test_eval_and_group_of_one_take_the_local_path(ranks):

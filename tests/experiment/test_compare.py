@@ -21,3 +21,22 @@ def test_compare_runs_all_three_and_bn_variants_agree(tiny_data, tmp_path):
                            torch_run.model.state_dict().values()):
         if not key.endswith(("bias", "running_mean")):  # see tests/norm/test_notebook_lenet.py
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3, msg=key)
+
+
+def test_a_script_without_a_main_guard_can_compare(tiny_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "experiment.py"  # run_compare at the top level, no __main__ guard
+    script.write_text(
+        "from bnlab.experiment import TrainConfig, run_compare\n"
+        f"cfg = TrainConfig(epochs=1, batch_size=32, data_dir={str(tiny_data)!r}, "
+        "download=False, device='cpu', max_steps=2)\n"
+        f"results = run_compare(cfg, {str(tmp_path / 'cmp')!r}, norms=('none',), "
+        "progress=False)\n"
+        "print('runs:', len(results))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=os.environ, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("=== LeNet (no BN) ===") == 1 and "runs: 1" in done.stdout

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.models import lenet, lenet_relu
-from bnlab.train import NonFiniteLossError, train_classify
+from bnlab.train import NonFiniteLossError, NonFiniteTestLossError, train_classify
 
 SIZES = [8] * 6
 
@@ -78,3 +78,13 @@ def test_diverging_learning_rate_matches_a_plain_replay(make_loader):
     with pytest.raises(NonFiniteLossError) as info:
         _train(net, train, make_loader([8]), optimizer=sgd(net))
     assert (info.value.epoch, info.value.batch) == (1, first_bad)
+
+
+@pytest.mark.parametrize("err", [NonFiniteLossError(2, 5, 7),
+                                 NonFiniteTestLossError(3, float("inf"))])
+def test_the_errors_cross_processes_whole(err):
+    import pickle
+
+    back = pickle.loads(pickle.dumps(err))  # as bnlab compare's run processes send them
+    assert type(back) is type(err) and str(back) == str(err)
+    assert (back.epoch, back.batch, back.steps_after) == (err.epoch, err.batch, err.steps_after)

@@ -24,10 +24,11 @@ def read_limited(path: Path, limit: int) -> bytes | None:
     OSError where it cannot be opened."""
     # O_NONBLOCK: opening a named pipe must not wait for a writer
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:  # (a directory opens too)
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
         data = handle.read(limit + 1)  # the file may have grown since fstat
     return data if len(data) <= limit else None
 

@@ -62,9 +62,9 @@ def run_eval(args: argparse.Namespace) -> int:
     path = checkpoint_dir(args.checkpoint)
     model, config, state = load_model(path, device)
     data_dir = args.data_dir if args.data_dir is not None else config.data_dir
-    # A directory the run named is used as it is: never a download into it (it may be a
+    # A directory the run recorded is used as it is: never a download into it (it may be a
     # relative path saved by an older bnlab, meaning something else from here).
-    download = config.download and data_dir is None
+    download = config.download and (args.data_dir is not None or config.data_dir is None)
     _, test_loader = load_data_fashion_mnist(args.batch_size, root=data_dir, device=device,
                                              download=download, limit=args.limit)
     result = evaluate(model, test_loader, torch.nn.CrossEntropyLoss(), device=device)

@@ -7,7 +7,7 @@ import os
 import torch
 
 from .cache import DecodedCache
-from .loader import TensorLoader, check_batching
+from .loader import TensorLoader, check_batching, is_int
 from .read import check_same_image_size, read_split
 from .sources import locate
 
@@ -41,7 +41,7 @@ def load_data_fashion_mnist(
     Raises DatasetError when the files are missing (and cannot be downloaded) or damaged.
     """
     check_batching(batch_size, rank, world_size)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is not None and (not is_int(limit) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     location = locate(root, download)
     cache = DecodedCache.default()

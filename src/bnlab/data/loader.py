@@ -83,7 +83,7 @@ class TensorLoader:
         world_size: int = 1,
     ) -> None:
         batch_size, rank, world_size = check_batching(batch_size, rank, world_size)
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not is_int(seed):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         if shuffle and world_size > 1 and seed is None:
             raise ValueError("sharded shuffling needs the same explicit seed on every rank")
@@ -158,18 +158,18 @@ class TensorLoader:
                 f"{self.world_size}, device={self.device})")
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     """An integer (Python's or numpy's), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_batching(batch_size: int, rank: int, world_size: int) -> tuple[int, int, int]:
     """``(batch_size, rank, world_size)`` as Python ints, or ValueError naming the bad one."""
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not _is_int(world_size) or world_size < 1:
+    if not is_int(world_size) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    if not _is_int(rank) or not 0 <= rank < world_size:
+    if not is_int(rank) or not 0 <= rank < world_size:
         raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
     return int(batch_size), int(rank), int(world_size)
 
@@ -178,9 +178,9 @@ def _size_pair(resize: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if resize is None:
         return None
     try:
-        pair = (resize, resize) if _is_int(resize) else tuple(resize)
+        pair = (resize, resize) if is_int(resize) else tuple(resize)
     except TypeError:  # not iterable (a bool, a float)
         pair = ()
-    if len(pair) != 2 or not all(_is_int(s) and s > 0 for s in pair):
+    if len(pair) != 2 or not all(is_int(s) and s > 0 for s in pair):
         raise ValueError(f"resize must be a positive int or (height, width), got {resize!r}")
     return int(pair[0]), int(pair[1])

@@ -89,17 +89,20 @@ def read_split(
 
 def check_same_image_size(location: DataLocation, train: Split, test: Split) -> None:
     """DatasetError unless the two splits' images have the same height and width."""
-    if train.images.shape[1:] != test.images.shape[1:]:
-        raise DatasetError(
-            location.path(TEST.images),
-            f"images of the train split's size {tuple(train.images.shape[1:])}",
-            f"images of size {tuple(test.images.shape[1:])}", _fix(location))
+    _check_sizes(location, tuple(train.images.shape[1:]), tuple(test.images.shape[1:]))
+
+
+def _check_sizes(location: DataLocation, train_size: tuple, test_size: tuple) -> None:
+    if train_size != test_size:
+        raise DatasetError(location.path(TEST.images),
+                           f"images of the train split's size {train_size}",
+                           f"images of size {test_size}", _fix(location))
 
 
 def check_files(location: DataLocation, cache: DecodedCache | None = None) -> list[FileCheck]:
     """Verify the four files as :func:`read_split` does, each split's images against its
     labels, for reports: one entry per file, errors returned, not raised."""
-    checks = []
+    checks, sizes = [], {}
     for split in (TRAIN, TEST):
         read = {}
         for spec in (split.images, split.labels):
@@ -111,10 +114,16 @@ def check_files(location: DataLocation, cache: DecodedCache | None = None) -> li
                 checks.append(FileCheck(spec, path, None, err))
         if len(read) == 2:  # both well-formed: do they belong together?
             (images_path, images, _), (labels_path, labels, _) = read.values()
+            sizes[split] = images.shape[1:]
             try:
                 _check_pair(images_path, images, labels_path, labels, _fix(location))
             except DatasetError as err:
                 checks[-1] = FileCheck(split.labels, labels_path, None, err)
+    if len(sizes) == 2:  # and do the splits' images belong together?
+        try:
+            _check_sizes(location, sizes[TRAIN], sizes[TEST])
+        except DatasetError as err:
+            checks[2] = FileCheck(TEST.images, location.path(TEST.images), None, err)
     return checks
 
 

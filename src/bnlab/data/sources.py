@@ -14,6 +14,7 @@ found); an unreadable explicit one is an error.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,9 +83,11 @@ def find_file(directory: Path, spec: FileSpec) -> Path | None:
     """
     for name in (spec.archive, spec.name):
         candidate = directory / name
-        try:
-            if candidate.is_file():
+        try:  # os.stat, not Path.is_file: newer Pythons' is_file hides permission errors
+            if stat.S_ISREG(os.stat(candidate).st_mode):
                 return candidate
+        except (FileNotFoundError, NotADirectoryError):
+            continue
         except OSError as err:
             raise DatasetError(directory, "a readable directory",
                                f"{type(err).__name__}: {err.strerror or err}",

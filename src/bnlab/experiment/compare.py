@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
+import pickle
+import subprocess
+import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,25 +83,27 @@ def run_compare(
 
 
 def run_in_own_process(config: TrainConfig, out: Path, resume: bool, progress: bool) -> RunResult:
-    """:func:`run_training` in a new Python process (its output goes where this one's does);
-    its errors are raised here, Ctrl-C stops it. The returned model is read back from the
-    run's checkpoint, on the CPU."""
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(send, config, out, resume, progress))
-    child.start()
-    send.close()
-    try:
-        message = receive.recv()
-    except EOFError:  # it died without a word (killed, out of memory)
-        message = None
-    finally:  # after Ctrl-C here too: the child has it as well, and is given time to stop
-        child.join(30)
-        if child.is_alive():
-            child.kill()
-            child.join()
-    if message is None:
-        raise RunError(f"the {config.norm} run's process ended with status {child.exitcode} "
+    """:func:`run_training` in a new Python interpreter (its output goes where this one's
+    does; started with ``python -c``, so the calling script is not run again and needs no
+    ``__main__`` guard); its errors are raised here, Ctrl-C stops it. The returned model is
+    read back from the run's checkpoint, on the CPU."""
+    with tempfile.TemporaryDirectory(prefix="bnlab-run-") as tmp:  # private: mode 0700
+        job, reply = Path(tmp) / "job.pickle", Path(tmp) / "reply.pickle"
+        job.write_bytes(pickle.dumps({"path": sys.path, "args": (config, out, resume,
+                                                                 progress)}))
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(job), str(reply)])
+        try:
+            child.wait()
+        except KeyboardInterrupt:  # the child has it too: give it time to stop, then make sure
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            raise
+        message = pickle.loads(reply.read_bytes()) if reply.exists() else None
+    if message is None:  # it died without a word (killed, out of memory)
+        raise RunError(f"the {config.norm} run's process ended with status {child.returncode} "
                        "and no result")
     if message[0] == "interrupted":
         raise KeyboardInterrupt
@@ -111,22 +116,32 @@ def run_in_own_process(config: TrainConfig, out: Path, resume: bool, progress: b
                      resumed_from)
 
 
-def _child(send, config: TrainConfig, out: Path, resume: bool, progress: bool) -> None:
-    """The run, in the new process: its result or its error goes back through ``send``."""
+# The new interpreter's program: the caller's import path, then the run.
+_CHILD = ("import pickle, sys\n"
+          "job = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+          "sys.path[:] = job['path']\n"
+          "from bnlab.experiment.compare import child_main\n"
+          "child_main(*job['args'], reply=sys.argv[2])\n")
+
+
+def child_main(config: TrainConfig, out: Path, resume: bool, progress: bool, *,
+               reply: str) -> None:
+    """The run, in the new interpreter: its result or its error is pickled to ``reply``."""
     try:
         with freed_memory_kept():  # as bnlab's commands run
             result = run_training(config, out, resume=resume, progress=progress)
-        send.send(("ok", result.history.to_dict()["epochs"], result.parameters,
-                   result.resumed_from))
+        message = ("ok", result.history.to_dict()["epochs"], result.parameters,
+                   result.resumed_from)
     except KeyboardInterrupt:
-        send.send(("interrupted",))
+        message = ("interrupted",)
     except Exception as err:
-        # shown with the traceback this process's error gets in the parent (not in str(err))
-        if hasattr(err, "add_note"):  # Python 3.11+
+        if hasattr(err, "add_note"):  # Python 3.11+: shown with the parent's traceback
             err.add_note("raised in the run's own process:\n" + traceback.format_exc().rstrip())
-        try:
-            send.send(("error", err))
-        except Exception:  # not picklable
-            send.send(("error", RunError(f"{type(err).__name__}: {err}")))
-    finally:
-        send.close()
+        message = ("error", err)
+    try:
+        data = pickle.dumps(message)
+    except Exception:  # an error that cannot be pickled: its text
+        data = pickle.dumps(("error", RunError(f"{type(message[1]).__name__}: {message[1]}")))
+    Path(reply).write_bytes(data)
+    if message[0] == "interrupted":
+        sys.exit(130)

@@ -32,8 +32,13 @@ def sync_batch_norm(
     one whose N is 0 (it gets an empty output). Running statistics (when given) are updated
     in place with the global mean and the unbiased global variance ``var * n / (n - 1)``,
     identically on every rank. Raises ValueError on every rank when the global count of
-    values per channel is 1.
+    values per channel is 1 (and, before any communication, for input that is not real
+    floating point or ``eps`` <= 0).
     """
+    if not input.is_floating_point():
+        raise ValueError(f"batch_norm expects real floating-point input, got {input.dtype}")
+    if not eps > 0:
+        raise ValueError(f"batch_norm eps must be positive during training, got {eps}")
     mean, var, count = sync_batch_stats(input, group)
     if count == 1:
         raise ValueError(
@@ -88,6 +93,8 @@ class SyncBatchNorm(BatchNormBase):
         return group if dist.get_world_size(group) > 1 else None
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):
+            return super().forward(input)  # one call_module node, as for every bnlab layer
         group = self._sync_group()
         if group is None:
             return super().forward(input)
@@ -99,13 +106,13 @@ class SyncBatchNorm(BatchNormBase):
                 f"(shape {tuple(input.shape)}); expected {self.num_features} in dim 1"
             )
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
+        # Counted once the batch is accepted, as in BatchNormBase.forward.
+        tracked = self.num_batches_tracked if self.track_running_stats else None
+        if tracked is not None and self.momentum is None:
+            factor = 1.0 / (float(tracked) + 1.0)
         # With tracking switched off after construction, training leaves the buffers alone.
         track = self.track_running_stats
-        return apply_pool(apply_activation(sync_batch_norm(
+        out = sync_batch_norm(
             input,
             self.running_mean if track else None,
             self.running_var if track else None,
@@ -114,7 +121,10 @@ class SyncBatchNorm(BatchNormBase):
             factor,
             self.eps,
             group,
-        ), self.activation), self.pool)
+        )
+        if tracked is not None:
+            tracked.add_(1)
+        return apply_pool(apply_activation(out, self.activation), self.pool)
 
 
 def _to_sync(layer: nn.Module, group: dist.ProcessGroup | None) -> SyncBatchNorm:

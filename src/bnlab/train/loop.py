@@ -68,6 +68,16 @@ class NonFiniteLossError(RuntimeError):
             "the input data, and restart or resume from the last checkpoint)"
         )
 
+    def __reduce__(self):  # picklable (to cross processes) with its fields
+        return _rebuild, (type(self), str(self), self.__dict__)
+
+
+def _rebuild(cls: type, message: str, fields: dict) -> NonFiniteLossError:
+    err = cls.__new__(cls)
+    RuntimeError.__init__(err, message)
+    err.__dict__.update(fields)
+    return err
+
 
 class NonFiniteTestLossError(NonFiniteLossError):
     """The test loss after epoch ``epoch`` was nan or inf although every training loss was
