@@ -16,8 +16,11 @@ What each backend measures:
   the peak since the reset is the OS high-water mark if it has risen above its value at the
   reset, else the largest ``current()`` sampled since — a lower bound.
 
-Peak counters are process-wide: resetting one (``reset_peak``/``track``) resets it for every
-user of that device in the process.
+Peak counters are process-wide, and resetting one (``reset_peak``/``track``) resets it for
+every user of that device in the process; so each reset first hands the peak seen so far to
+every open measurement of that device (every manager's since its ``reset_peak``, every
+``track()`` block), and each reports the largest of what it was handed and the counter:
+``train_classify`` resetting per epoch inside an outer ``track()`` block loses nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import contextlib
 import gc
 import os
 import sys
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -244,6 +248,35 @@ def _backend_for(device: torch.device) -> _Backend:
     return _CpuBackend(device)
 
 
+class _Span:
+    """One open measurement on a device: the largest peak that counter resets inside it
+    took away."""
+
+    __slots__ = ("carried", "__weakref__")
+
+    def __init__(self) -> None:
+        self.carried = 0
+
+
+# Per device: the measurements open now (weak: a manager's span goes when the manager does).
+_OPEN_SPANS: dict[str, weakref.WeakSet[_Span]] = {}
+
+
+def _open_span(key: str) -> _Span:
+    span = _Span()
+    _OPEN_SPANS.setdefault(key, weakref.WeakSet()).add(span)
+    return span
+
+
+def _reset_counter(backend: _Backend, key: str) -> None:
+    """Reset ``backend``'s process-wide peak counter, first handing the peak it holds to
+    every open measurement of the device."""
+    seen = backend.peak()
+    for span in _OPEN_SPANS.get(key, ()):
+        span.carried = max(span.carried, seen)
+    backend.reset_peak()
+
+
 class GPUMemoryManager:
     """Current and peak memory of one device, cleanup, and a ``track()`` block reporter.
 
@@ -256,9 +289,8 @@ class GPUMemoryManager:
     def __init__(self, device: torch.device | str | None = None) -> None:
         self.device: torch.device = select_device("auto" if device is None else device)
         self._backend: _Backend = _backend_for(self.device)
-        # a peak seen before a track() block reset the process-wide counter; kept so that
-        # this manager's peak() still covers the whole span since its own reset_peak()
-        self._carried_peak = 0
+        self._key = str(self.device)
+        self._span = _open_span(self._key)  # what resets by anyone take from peak()
 
     def current(self) -> int:
         """Bytes in use now (tensors on cuda/mps, process RSS on the CPU)."""
@@ -266,12 +298,13 @@ class GPUMemoryManager:
 
     def peak(self) -> int:
         """Largest bytes in use since the last :meth:`reset_peak` (or process start)."""
-        return max(self._backend.peak(), self._carried_peak)
+        return max(self._backend.peak(), self._span.carried)
 
     def reset_peak(self) -> None:
         """Start a new peak measurement from the current usage."""
-        self._backend.reset_peak()
-        self._carried_peak = 0
+        _reset_counter(self._backend, self._key)
+        _OPEN_SPANS[self._key].discard(self._span)
+        self._span = _open_span(self._key)
 
     def cleanup(self) -> None:
         """Collect garbage, then hand cached blocks back to the driver (cuda/mps)."""
@@ -282,16 +315,16 @@ class GPUMemoryManager:
     def track(self) -> Iterator[MemoryReport]:
         """``with mm.track() as report:`` — on exit ``report.peak`` is the peak inside the block,
         ``report.start``/``report.end`` the usage at its edges. Resets the device's peak counter."""
-        outer = self.peak()
-        self._backend.reset_peak()
+        _reset_counter(self._backend, self._key)
+        span = _open_span(self._key)
         start = self._backend.current()
         report = MemoryReport(self.device, start, start, start)
         try:
             yield report
         finally:
             report.end = self._backend.current()
-            report.peak = max(self._backend.peak(), report.start, report.end)
-            self._carried_peak = max(outer, report.peak)
+            report.peak = max(self._backend.peak(), span.carried, report.start, report.end)
+            _OPEN_SPANS[self._key].discard(span)
 
     def summary(self) -> str:
         """Several lines: device, current, peak, and total/available memory where known."""

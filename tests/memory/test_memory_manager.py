@@ -162,6 +162,22 @@ def test_track_keeps_the_managers_outer_peak():
     assert close_to(mm.peak() - start, 96 * MiB)  # the block's reset did not lose it
 
 
+@on_linux
+def test_an_outer_block_keeps_peaks_that_other_managers_resets_took():
+    outer_manager, inner_manager = GPUMemoryManager("cpu"), GPUMemoryManager("cpu")
+    with outer_manager.track() as outer:
+        x = filled(96 * MiB)
+        del x
+        for _ in range(2):  # as train_classify resets its own manager's peak every epoch
+            inner_manager.reset_peak()
+            with inner_manager.track() as inner:
+                y = filled(8 * MiB)
+                del y
+    assert close_to(inner.peak_delta, 8 * MiB)
+    assert close_to(outer.peak_delta, 96 * MiB)
+    assert close_to(outer_manager.peak() - outer.start, 96 * MiB)
+
+
 def test_summary_names_device_and_numbers():
     mm = GPUMemoryManager("cpu")
     text = mm.summary()

@@ -81,6 +81,33 @@ def test_from_dict_rejects_bad_rows(history):
         History.from_dict(data)
 
 
+@pytest.mark.parametrize("data", [{}, {"epoch": []}, [], {"epochs": {}}, {"epochs": [1]}])
+def test_from_dict_rejects_what_is_not_a_history(data):
+    with pytest.raises(ValueError):
+        History.from_dict(data)
+
+
+@pytest.mark.parametrize("field, value", [("epoch", 2.7), ("epoch", True),
+                                          ("peak_memory_bytes", "1"), ("train_loss", "0.5"),
+                                          ("test_acc", None)])
+def test_from_dict_rejects_values_of_other_types(history, field, value):
+    data = history.to_dict()
+    data["epochs"][0][field] = value
+    with pytest.raises(ValueError, match=f"row 0: {field} must be"):
+        History.from_dict(data)
+
+
+def test_plots_refuse_a_history_without_epochs(tmp_path):
+    from bnlab.experiment.plots import plot_curves, plot_overlay
+
+    for plot in (lambda: plot_curves(History(), tmp_path / "a.png"),
+                 lambda: plot_overlay({}, tmp_path / "b.png"),
+                 lambda: plot_overlay({"run": History()}, tmp_path / "c.png")):
+        with pytest.raises(ValueError, match="nothing to plot|no runs"):
+            plot()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_csv(tmp_path, history):
     path = tmp_path / "metrics.csv"
     history.to_csv(path)

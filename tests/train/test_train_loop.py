@@ -210,6 +210,8 @@ def test_records_are_epoch_records(make_loader):
         ({"start_epoch": 0}, "start_epoch"),
         ({"max_steps": 0}, "max_steps"),
         ({"refresh_s": -1.0}, "refresh_s"),
+        ({"refresh_s": None}, "refresh_s"),
+        ({"max_steps": True}, "max_steps"),
     ],
 )
 def test_bad_arguments(make_loader, kwargs, match):
@@ -240,3 +242,50 @@ def test_empty_train_loader(make_loader):
         train_classify(
             net, [], make_loader([8]), _adamw(net), nn.CrossEntropyLoss(), 1, progress=False
         )
+
+
+class _Squeezing(nn.Module):
+    """A criterion that accepts (B, 1) labels: the loop must still refuse them (its accuracy
+    would compare a (B, C) argmax against (B, 1) labels by broadcasting)."""
+
+    reduction = "mean"
+
+    def forward(self, scores, y):
+        return F.cross_entropy(scores, y.squeeze(1))
+
+
+def test_labels_must_be_one_per_sample(make_loader):
+    net = lenet("none")
+    batches = [(X, y.unsqueeze(1)) for X, y in make_loader([8])]
+    with pytest.raises(ValueError, match=r"\(B,\) integer labels, got .* shape \(8, 1\)"):
+        train_classify(net, batches, batches, _adamw(net), _Squeezing(), 1, progress=False)
+
+
+def test_class_weighted_and_per_sample_criteria_are_refused(make_loader):
+    net = lenet("none")
+    with pytest.raises(ValueError, match="class-weighted"):
+        _run_with(net, make_loader, nn.CrossEntropyLoss(weight=torch.ones(10)))
+
+    def per_sample(scores, y):
+        return F.cross_entropy(scores, y, reduction="none")
+
+    with pytest.raises(ValueError, match="one batch-mean loss, got shape"):
+        _run_with(net, make_loader, per_sample)
+
+
+def test_batches_must_be_pairs_of_tensors(make_loader):
+    net = lenet("none")
+    X, y = next(iter(make_loader([8])))
+    for bad in ([(X, y, y)], [{"x": X, "y": y}]):
+        with pytest.raises(ValueError, match=r"a batch must be an \(X, y\) pair of tensors"):
+            train_classify(net, bad, make_loader([8]), _adamw(net), nn.CrossEntropyLoss(), 1,
+                           progress=False)
+
+
+def test_an_empty_test_loader_is_refused_before_training(make_loader):
+    net = lenet("none")
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(ValueError, match="test_loader holds no batches"):
+        train_classify(net, make_loader([8]), [], _adamw(net), nn.CrossEntropyLoss(), 1,
+                       progress=False)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -17,12 +17,20 @@ def _figure():
     # A bare Figure renders to PNG with Agg and never touches pyplot's global state (the
     # user's notebook backend), and skips pyplot's import (~0.4 s).
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(11, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.set(xlabel="epoch", ylabel="loss (mean per sample)", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 1.2, 1.4, ...
     return fig, ax_loss, ax_acc
+
+
+def _check_epochs(history: History, name: str) -> None:
+    if not len(history):
+        raise ValueError(f"{name}: a history without epochs has nothing to plot")
 
 
 def _save(fig, path: Path) -> Path:
@@ -39,7 +47,9 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_curves(history: History, path: str | os.PathLike[str], title: str = "") -> Path:
-    """Train/test loss and accuracy per epoch of one run, side by side."""
+    """Train/test loss and accuracy per epoch of one run, side by side; ValueError for a
+    history without epochs."""
+    _check_epochs(history, "plot_curves")
     fig, ax_loss, ax_acc = _figure()
     epochs = history.epochs
     ax_loss.plot(epochs, history.column("train_loss"), "o-", label="train")
@@ -55,7 +65,12 @@ def plot_curves(history: History, path: str | os.PathLike[str], title: str = "")
 
 
 def plot_overlay(histories: Mapping[str, History], path: str | os.PathLike[str]) -> Path:
-    """Several runs on one figure: train loss and test accuracy per epoch, one line each."""
+    """Several runs on one figure: train loss and test accuracy per epoch, one line each;
+    ValueError without runs or for a run without epochs."""
+    if not histories:
+        raise ValueError("plot_overlay: no runs to plot")
+    for name, history in histories.items():
+        _check_epochs(history, f"plot_overlay ({name})")
     fig, ax_loss, ax_acc = _figure()
     ax_loss.set_title("Training loss")
     ax_acc.set_title("Test accuracy")

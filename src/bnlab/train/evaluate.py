@@ -1,8 +1,10 @@
 """Evaluation of a classifier on a loader, and the device/mode helpers the loop shares.
 
 A loader is any iterable of ``(X, y)`` batches: ``X`` the model's input, ``y`` int64
-class labels (B,). The criterion returns the batch-mean loss (``reduction="mean"``, as
-``nn.CrossEntropyLoss()`` by default); means over a loader weight each batch by its size.
+class labels (B,); the model returns class scores (B, C). The criterion returns the
+batch-mean loss (``reduction="mean"``, as ``nn.CrossEntropyLoss()`` by default, without
+class weights); means over a loader weight each batch by its size. (A criterion's
+``ignore_index`` is not honoured: every label counts as a sample.)
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from torch import Tensor, nn
 from ..device import select_device
 from ..distributed import all_reduce_sum
 
-__all__ = ["Evaluation", "accumulator_dtype", "eval_mode", "evaluate", "resolve_device",
-           "sum_over_processes"]
+__all__ = ["Evaluation", "accumulator_dtype", "batch_loss", "eval_mode", "evaluate",
+           "resolve_device", "sum_over_processes"]
 
 Batch = tuple[Tensor, Tensor]
 Criterion = nn.Module
@@ -60,6 +62,25 @@ def check_mean_reduction(criterion: Criterion) -> None:
         raise ValueError(
             f"criterion must return the batch-mean loss (reduction='mean'), got {reduction!r}"
         )
+    if getattr(criterion, "weight", None) is not None:
+        raise ValueError("criterion must weight every sample alike: a class-weighted mean "
+                         "(weight=...) cannot be summed into per-sample losses")
+
+
+def batch_loss(criterion: Criterion, scores: Tensor, y: Tensor) -> Tensor:
+    """``criterion(scores, y)``, checked: ``scores`` (B, C), ``y`` (B,) integer labels, and
+    a loss of one value (what the loss and accuracy sums assume; otherwise they would
+    broadcast into numbers that mean nothing)."""
+    if (scores.dim() != 2 or y.dim() != 1 or y.shape[0] != scores.shape[0]
+            or y.is_floating_point()):
+        raise ValueError(f"expected (B, C) class scores and (B,) integer labels, got scores "
+                         f"of shape {tuple(scores.shape)} and {y.dtype} labels of shape "
+                         f"{tuple(y.shape)}")
+    loss = criterion(scores, y)
+    if loss.dim() != 0:
+        raise ValueError(f"criterion must return one batch-mean loss, got shape "
+                         f"{tuple(loss.shape)}")
+    return loss
 
 
 @contextmanager
@@ -75,8 +96,19 @@ def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
+    """An ``(X, y)`` pair of tensors moved to ``device``; ValueError for other batches."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2
+            and all(isinstance(t, Tensor) for t in batch)):
+        raise ValueError(f"a batch must be an (X, y) pair of tensors, got "
+                         f"{type(batch).__name__} {_describe(batch)}")
     X, y = batch
     return X.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _describe(batch: object) -> str:
+    if isinstance(batch, (tuple, list)):
+        return "of " + ", ".join(type(item).__name__ for item in batch)
+    return ""
 
 
 def sum_over_processes(
@@ -115,7 +147,7 @@ def evaluate(
         for batch in loader:
             X, y = to_device(batch, device)
             logits = net(X)
-            loss_sum += criterion(logits, y).to(loss_sum.dtype) * y.shape[0]
+            loss_sum += batch_loss(criterion, logits, y).to(loss_sum.dtype) * y.shape[0]
             correct += (logits.argmax(dim=1) == y).sum()
             samples += y.shape[0]
     if distributed:

@@ -47,6 +47,7 @@ class EpochRecord:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(EpochRecord))
+_INT_FIELDS = ("epoch", "peak_memory_bytes")
 
 
 class History:
@@ -147,25 +148,27 @@ class History:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
-        """Inverse of :meth:`to_dict`; raises ValueError on missing or unknown fields."""
+        """Inverse of :meth:`to_dict`; raises ValueError for anything else: not a dict with
+        an ``"epochs"`` list, rows with missing or unknown fields, or values of other types
+        (integers where ints belong, numbers where floats do)."""
+        if not isinstance(data, dict) or not isinstance(data.get("epochs"), list):
+            raise ValueError(f"a history is a dict with an 'epochs' list, got {data!r:.80}")
         records = []
-        for i, row in enumerate(data.get("epochs", ())):
-            if set(row) != set(_FIELD_NAMES):
+        for i, row in enumerate(data["epochs"]):
+            if not isinstance(row, dict) or set(row) != set(_FIELD_NAMES):
+                fields = sorted(row) if isinstance(row, dict) else type(row).__name__
                 raise ValueError(
-                    f"history row {i} has fields {sorted(row)}; expected {list(_FIELD_NAMES)}"
+                    f"history row {i} has fields {fields}; expected {list(_FIELD_NAMES)}"
                 )
-            records.append(
-                EpochRecord(
-                    epoch=int(row["epoch"]),
-                    train_loss=float(row["train_loss"]),
-                    train_acc=float(row["train_acc"]),
-                    test_loss=float(row["test_loss"]),
-                    test_acc=float(row["test_acc"]),
-                    seconds=float(row["seconds"]),
-                    samples_per_s=float(row["samples_per_s"]),
-                    peak_memory_bytes=int(row["peak_memory_bytes"]),
-                )
-            )
+            for name in _FIELD_NAMES:
+                value = row[name]
+                is_int = isinstance(value, int) and not isinstance(value, bool)
+                if not (is_int if name in _INT_FIELDS else is_int or isinstance(value, float)):
+                    kind = "an int" if name in _INT_FIELDS else "a number"
+                    raise ValueError(f"history row {i}: {name} must be {kind}, got {value!r}")
+            records.append(EpochRecord(**{name: (int(row[name]) if name in _INT_FIELDS
+                                                 else float(row[name]))
+                                          for name in _FIELD_NAMES}))
         return cls(records)
 
     def csv_text(self) -> str:

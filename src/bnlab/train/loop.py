@@ -39,6 +39,7 @@ from .evaluate import (
     Batch,
     Criterion,
     accumulator_dtype,
+    batch_loss,
     check_mean_reduction,
     evaluate,
     resolve_device,
@@ -183,6 +184,7 @@ class _EpochRunner:
                         bar.set_postfix(accuracy=acc, loss=mean_loss, refresh=False)
             if totals.samples == 0:
                 raise ValueError(f"epoch {epoch}: the training loader yielded no samples")
+            own_samples = totals.samples  # this process's (samples/s is per process)
             if self.distributed:
                 totals.reduce()
             mean_loss, acc = totals.sync(epoch)
@@ -190,13 +192,13 @@ class _EpochRunner:
                 bar.set_postfix(accuracy=acc, loss=mean_loss)
         finally:
             bar.close()
-        return mean_loss, acc, totals.samples
+        return mean_loss, acc, own_samples
 
     def _step(self, batch: Batch, totals: _EpochTotals) -> None:
         X, y = to_device(batch, self.device)
         self.optimizer.zero_grad()
         logits = self.net(X)
-        loss = self.criterion(logits, y)
+        loss = batch_loss(self.criterion, logits, y)
         loss.backward()
         self.optimizer.step()
         totals.add(loss, logits, y)
@@ -250,6 +252,8 @@ def train_classify(
     """
     _check_args(num_epochs, start_epoch, max_steps, refresh_s)
     check_mean_reduction(criterion)
+    if not distributed and _num_batches(test_loader, None) == 0:  # before an epoch is spent
+        raise ValueError("test_loader holds no batches: nothing to evaluate after each epoch")
     device = resolve_device(net, device)
     memory = GPUMemoryManager(device) if memory is None else memory
     main = not distributed or is_main_process()
@@ -304,7 +308,9 @@ def _check_args(num_epochs: int, start_epoch: int, max_steps: int | None, refres
         raise ValueError(f"num_epochs must be an integer >= 0, got {num_epochs!r}")
     if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 1:
         raise ValueError(f"start_epoch must be an integer >= 1, got {start_epoch!r}")
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
+                                  or max_steps < 1):
         raise ValueError(f"max_steps must be None or an integer >= 1, got {max_steps!r}")
-    if not refresh_s >= 0:
-        raise ValueError(f"refresh_s must be >= 0 seconds, got {refresh_s!r}")
+    if isinstance(refresh_s, bool) or not isinstance(refresh_s, (int, float)) \
+            or not refresh_s >= 0:
+        raise ValueError(f"refresh_s must be a number of seconds >= 0, got {refresh_s!r}")
