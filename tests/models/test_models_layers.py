@@ -230,3 +230,41 @@ def test_conv_raw_kernels_reject_bad_input(cops):
         cops.forward(torch.randn(1, 1, 2, 4), torch.randn(2, 1, 3, 3), None)
     with pytest.raises(RuntimeError, match="float32 or both float64"):
         cops.forward(torch.randn(1, 1, 4, 4), torch.randn(2, 1, 3, 3).double(), None)
+
+
+# --- transforms and tracing: torch's ops run (the kernels have no rules for them) ---
+
+
+def _twin(model):
+    """The same LeNet on torch's own layers (nn.Conv2d/nn.AvgPool2d), same weights."""
+    twin = nn.Sequential(*[
+        nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size) if isinstance(m, Conv2d)
+        else nn.AvgPool2d(2, 2) if isinstance(m, AvgPool2d) else m for m in model])
+    twin.load_state_dict(model.state_dict())
+    return twin.eval()
+
+
+def test_torch_func_and_forward_mode_see_torchs_ops(ops, cops):
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import grad, jvp
+
+    model = lenet("torch").eval()
+    twin = _twin(model)
+    x, t = torch.randn(2, 1, 28, 28), torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(grad(lambda i: model(i).sum())(x),
+                               grad(lambda i: twin(i).sum())(x))
+    torch.testing.assert_close(jvp(model, (x,), (t,))[1], jvp(twin, (x,), (t,))[1])
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(model(fwAD.make_dual(x, t))).tangent
+    torch.testing.assert_close(tangent, jvp(twin, (x,), (t,))[1])
+
+
+def test_traces_hold_torchs_ops_not_bnlabs(ops, cops):
+    model = lenet("none").eval()
+    x = torch.randn(2, 1, 28, 28)
+    traced = torch.jit.trace(model, x)
+    graph_text = str(traced.inlined_graph)
+    assert "bnlab_conv::" not in graph_text and "bnlab_pool::" not in graph_text  # torch ops
+    torch.testing.assert_close(traced(x), model(x))
+    graph = torch.fx.symbolic_trace(model)
+    torch.testing.assert_close(graph(x), model(x))

@@ -104,3 +104,11 @@ def test_fx_symbolic_trace_keeps_each_layer_as_one_call_like_torchs():
     torch.testing.assert_close(traced.get_submodule("1").running_mean, untraced[1].running_mean)
     traced.eval(), untraced.eval()
     torch.testing.assert_close(traced(x), untraced(x))  # ...and the mode is the call's
+
+
+def test_jit_trace_records_the_tensor_ops_not_bnlabs_library():
+    layer = bnlab.BatchNorm2d(3, activation="relu").eval()
+    x = torch.randn(4, 3, 5, 5)
+    traced = torch.jit.trace(layer, x)
+    assert "bnlab::" not in str(traced.inlined_graph)  # runs where bnlab's library is not
+    torch.testing.assert_close(traced(x), layer(x))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import norm
+from ..models.kernels import layer_kernel_status
 from ..norm.gpu import triton_status
 from ..norm.kernels import kernel_status
 from .parser import non_negative_float, positive_int, seed_int
@@ -62,7 +63,8 @@ def max_difference(name: str, shape: tuple[int, ...], steps: int, seed: int) -> 
 def run(args: argparse.Namespace) -> int:
     # Which kernels the CPU cases below ran on, and what CUDA tensors would run on.
     gpu = triton_status() if torch.cuda.is_available() else "no CUDA device"
-    print(f"bnlab kernels: {kernel_status()}; GPU: {gpu}\n")
+    layers = "; ".join(f"{name}: {status}" for name, status in layer_kernel_status().items())
+    print(f"bnlab kernels: {kernel_status()}; LeNet's layers: {layers}; GPU: {gpu}\n")
     print("| layer | input shape | max difference vs torch (relative) |")
     print("|---|---|---|")
     failed = False

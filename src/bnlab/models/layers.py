@@ -9,8 +9,11 @@ takes bnlab's kernel when it applies and torch's otherwise:
   input (LeNet's first layer), stride 1, no padding: same result to float rounding, ~1.2-1.6x
   faster here. With more input channels oneDNN's convolution is faster and is used.
 
-"Applies" means contiguous float32/float64 CPU tensors, not under ``torch.compile``, not
+"Applies" means contiguous float32/float64 CPU tensors, not under ``torch.compile``, forward-
+mode AD, a ``torch.func`` transform, ``torch.jit.trace`` or ``torch.fx`` tracing (the
+kernels have rules for none of these: torch's ops run, and are what gets traced), not
 ``BNLAB_KERNEL=reference``, and the kernel library built (a C++ compiler is present).
+``torch.jit.script`` does not compile these layers.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import torch
 from torch import Tensor, nn
 
+from ..norm.fused import transform_active
 from .kernels import conv_ops, pool_ops
 
 __all__ = ["AvgPool2d", "Conv2d", "fast_conv_applies", "fast_pool_applies"]
@@ -29,8 +33,10 @@ _PLAIN = (Tensor, nn.Parameter)
 
 
 def _plain_cpu_input(x: Tensor, dims: int) -> bool:
-    return (x.dtype in _DTYPES and x.is_cpu and x.dim() == dims and x.is_contiguous()
-            and type(x) in _PLAIN and not torch.compiler.is_compiling()
+    # type first: an FX Proxy must not reach the comparisons (they would be traced)
+    return (type(x) in _PLAIN and x.dtype in _DTYPES and x.is_cpu and x.dim() == dims
+            and x.is_contiguous() and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and not transform_active()
             and os.environ.get("BNLAB_KERNEL") != "reference")
 
 

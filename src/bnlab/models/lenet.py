@@ -10,8 +10,11 @@ Layout (input (N, 1, 28, 28), output logits (N, 10)); ``BN`` marks the layers th
     Linear(84, 10)
 
 The model is a flat ``nn.Sequential``, so with batch norm its ``state_dict`` keys
-(``"0.weight"``, ``"1.running_mean"``, ...) are those of the notebook's ``net`` and
-``norm="bnlab"`` and ``norm="torch"`` state dicts load into each other.
+(``"0.weight"``, ``"1.running_mean"``, ...) are those of the notebook's ``concise_net``
+(``nn.BatchNorm2d``/``nn.BatchNorm1d``; its hand-written ``net`` stores only ``gamma``
+and ``beta``, shaped (1, C[, 1, 1]), its moving statistics being plain attributes), and
+``norm="bnlab"`` and
+``norm="torch"`` state dicts load into each other.
 
 With ``norm="bnlab"`` each BN layer applies the activation itself, fused into its kernel
 (``BatchNorm1d(120, activation="sigmoid")``; its backward recomputes the activation instead

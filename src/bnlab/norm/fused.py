@@ -73,7 +73,7 @@ def fused_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
     return True
 
 
-def _transforming() -> bool:
+def transform_active() -> bool:
     """Whether forward-mode AD (a ``dual_level``) or a ``torch.func`` transform (grad, jvp,
     vmap, ...) is active: cheap global checks, no per-tensor ones."""
     return (getattr(forward_ad, "_current_level", -1) >= 0
@@ -89,8 +89,10 @@ def select_kernel(kernel: str | None, x: Tensor, params: tuple[Tensor | None, ..
     choice = requested_kernel(kernel)
     if choice == "reference" or torch.compiler.is_compiling():
         return "reference"  # under torch.compile the tensor-op path is traced and fused
-    if _transforming():
-        return "reference"  # the kernels have no forward-mode or vmap rules; its ops do
+    if transform_active() or torch.jit.is_tracing():
+        # the kernels have no forward-mode or vmap rules, and a trace of them would need
+        # bnlab's library loaded to run: the tensor ops have both
+        return "reference"
     if choice == "triton":
         if gpu.triton_ops() is None:
             raise KernelUnavailable(

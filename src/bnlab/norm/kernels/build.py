@@ -7,7 +7,9 @@ library is also a Python module (``fast_entry.cpp``, pybind11 as torch ships it)
 with Python's headers, and optional.
 Libraries go to ``$BNLAB_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/bnlab/kernels``) under a
 hash of the source and the headers beside it, the torch version, the flags and the CPU
-(``-march=native``), moved into place atomically so concurrent builds are safe.
+(``-march=native``), moved into place atomically so concurrent builds are safe, each with a
+``.sha256`` file beside it: a library whose bytes no longer match (a truncated copy would
+crash the process when loaded, not raise) is deleted and built again.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import hashlib
 import importlib.util
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -35,9 +39,14 @@ FLAGS = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-march=native",
          "-fno-math-errno", "-Wno-unused-parameter"]
 
 
+def _compiler() -> list[str]:
+    """``$CXX`` (a command, possibly with arguments), else ``c++``."""
+    return shlex.split(os.environ.get("CXX") or "c++")
+
+
 def cache_dir() -> Path:
     if explicit := os.environ.get("BNLAB_KERNEL_CACHE"):
-        return Path(explicit)
+        return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "bnlab" / "kernels"
 
@@ -45,7 +54,7 @@ def cache_dir() -> Path:
 def _command(source: Path, output: Path, python: bool = False) -> list[str]:
     from torch.utils import cpp_extension
 
-    compiler = os.environ.get("CXX", "c++")
+    compiler = _compiler()
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     includes = [f"-I{p}" for p in cpp_extension.include_paths()]
     includes.append(f"-I{COMMON_HEADERS[0].parent}")
@@ -55,7 +64,7 @@ def _command(source: Path, output: Path, python: bool = False) -> list[str]:
         libs.append("-ltorch_python")
     libdirs = cpp_extension.library_paths()
     return [
-        compiler, str(source), "-o", str(output), *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        *compiler, str(source), "-o", str(output), *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *includes, *[f"-L{d}" for d in libdirs], *[f"-Wl,-rpath,{d}" for d in libdirs], *libs,
     ]
 
@@ -94,29 +103,95 @@ def library_path(source: Path = SOURCE, python: bool = False) -> Path:
     return cache_dir() / key.hexdigest()[:16] / f"bnlab_{source.stem}.so"
 
 
+def _digest_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _intact(library: Path) -> bool:
+    """Whether ``library`` exists with the bytes recorded beside it when it was built."""
+    try:
+        recorded = _digest_path(library).read_text().strip()
+        return hashlib.sha256(library.read_bytes()).hexdigest() == recorded
+    except OSError:
+        return False
+
+
+def _sweep(directory: Path, max_age_s: float = 3600.0) -> None:
+    """Remove temp files of builds that were killed (none younger: a build may be running)."""
+    for leftover in directory.glob(".build-*"):
+        try:
+            if time.time() - leftover.stat().st_mtime > max_age_s:
+                leftover.unlink()
+        except OSError:
+            pass
+
+
 def build(source: Path = SOURCE, verbose: bool = False, python: bool = False) -> Path:
-    """Compile ``source`` unless its library is cached; returns the library's path.
+    """Compile ``source`` unless its library is cached intact; returns the library's path.
     Raises RuntimeError."""
     target = library_path(source, python)
-    if target.exists():
+    if _intact(target):
         return target
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        raise RuntimeError("no C++ compiler (c++ or $CXX) on PATH")
+    compiler = _compiler()
+    if not compiler or shutil.which(compiler[0]) is None:
+        raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX') or 'c++'}, from $CXX "
+                           "or the default) on PATH")
+    fresh = not target.parent.exists()
     target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(target.parent)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
     os.close(fd)
+    built = False
     try:
         proc = subprocess.run(_command(source, Path(tmp), python), capture_output=True,
                               text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"compiling {source.name} failed:\n{proc.stderr[-4000:]}")
+            raise RuntimeError(f"compiling {source.name} with {compiler[0]} failed (exit "
+                               f"status {proc.returncode}):\n{proc.stderr[-4000:]}")
         if verbose and proc.stderr:
             print(proc.stderr, file=sys.stderr)
-        os.replace(tmp, target)
+        _install(Path(tmp), target)
+        built = True
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if fresh and not built:  # no empty directory left (rmdir: only if nobody else uses it)
+            try:
+                target.parent.rmdir()
+            except OSError:
+                pass
     return target
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _install(built: Path, target: Path) -> None:
+    """Make ``built`` durable and readable by all (the linker leaves mkstemp's 0600 plus
+    execute bits), record its digest, then rename it over ``target``."""
+    umask = _umask()
+    os.chmod(built, 0o755 & ~umask)
+    data = built.read_bytes()
+    with open(built, "rb+") as handle:
+        os.fsync(handle.fileno())
+    digest = _digest_path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".sha256")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(hashlib.sha256(data).hexdigest() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(tmp, 0o644 & ~umask)
+    os.replace(tmp, digest)
+    os.replace(built, target)
 
 
 def load_ops(source: Path, namespace: str) -> tuple[object | None, str]:

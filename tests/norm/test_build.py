@@ -1,0 +1,96 @@
+"""Building and caching the kernel libraries, with a stand-in compiler: what is cached,
+when it is rebuilt, and what a failure leaves behind."""
+
+import os
+import re
+import stat
+import sys
+import time
+
+import pytest
+
+from bnlab.norm.kernels import build
+
+# Nothing here depends on which kernels run: once, not for each of the kernel parameters.
+pytestmark = pytest.mark.parametrize("kernel", ["reference"], indirect=True)
+
+# A "compiler" that writes a fixed library body to the -o path (or fails when told to).
+FAKE_CC = """
+import sys
+out = sys.argv[sys.argv.index("-o") + 1]
+if "FAIL" in sys.argv[1:2]:
+    sys.stderr.write("fake: error: it broke\\n")
+    sys.exit(3)
+with open(out, "wb") as handle:
+    handle.write(b"\\x7fELF" + b"library body" * 1000)
+with open(out + ".calls", "a") as log:
+    log.write("1")
+"""
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    script = tmp_path / "fake_cc.py"
+    script.write_text(FAKE_CC)
+    monkeypatch.setenv("CXX", f"{sys.executable} {script}")
+    monkeypatch.setenv("BNLAB_KERNEL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_a_build_is_cached_with_its_digest_readable_by_all(cache):
+    path = build.build()
+    assert path.is_relative_to(cache) and path.read_bytes().startswith(b"\x7fELF")
+    assert (path.parent / (path.name + ".sha256")).is_file()
+    assert stat.S_IMODE(path.stat().st_mode) & 0o055 == 0o055  # group/others read + execute
+    body = path.read_bytes()
+    assert build.build() == path and path.read_bytes() == body  # cached: not built again
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.endswith(".calls")) == [
+        path.name, path.name + ".sha256"]
+
+
+def test_a_damaged_cached_library_is_built_again(cache):
+    path = build.build()
+    with open(path, "r+b") as handle:  # as a copy cut short: loading it would crash
+        handle.truncate(100)
+    assert build.build() == path and len(path.read_bytes()) > 100
+
+
+def test_a_library_without_its_digest_is_built_again(cache):
+    path = build.build()
+    (path.parent / (path.name + ".sha256")).unlink()
+    path.write_bytes(b"from an older bnlab")
+    build.build()
+    assert path.read_bytes().startswith(b"\x7fELF")
+
+
+def test_a_failed_build_names_the_compiler_and_status_and_leaves_nothing(cache, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv("CXX", f"{sys.executable} {tmp_path / 'fake_cc.py'} FAIL")
+    with pytest.raises(RuntimeError, match=r"with .*python.* failed \(exit status 3\)"):
+        build.build()
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_a_missing_compiler_is_named(cache, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-bnlab --flag")
+    with pytest.raises(RuntimeError, match=re.escape("no C++ compiler (no-such-compiler-bnlab")):
+        build.build()
+
+
+def test_temp_files_of_killed_builds_are_swept(cache):
+    path = build.build()
+    old = path.parent / ".build-killed.so"
+    young = path.parent / ".build-running.so"
+    for leftover in (old, young):
+        leftover.write_bytes(b"half")
+    past = time.time() - 2 * 3600
+    os.utime(old, (past, past))
+    (path.parent / (path.name + ".sha256")).unlink()  # forces a build, which sweeps
+    build.build()
+    assert not old.exists() and young.exists()  # a younger one may be a build in progress
+
+
+def test_a_cache_path_with_a_tilde_is_expanded(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("BNLAB_KERNEL_CACHE", "~/kernels")
+    assert build.cache_dir() == tmp_path / "kernels"
