@@ -1,20 +1,24 @@
-"""``python -m benchmarks``: every speed target in one run (layer, training, data; and the
-GPU layer table where there is a CUDA GPU)."""
+"""``python -m benchmarks [--quick]``: every speed target in one run (layer, training, data;
+and the GPU layer table where there is a CUDA GPU). ``--quick``: fewer repeats, shorter data
+runs, and target 4 (fresh-process epochs, minutes) left out."""
 
-import sys
+import argparse
 
 import torch
 
 from . import data_loader, gpu, layer, training
 
 if __name__ == "__main__":
-    quick = "--quick" in sys.argv
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="a quick pass: fewer repeats, no target 4")
+    quick = parser.parse_args().quick
     print("## Target 1: one layer, forward + backward, training mode\n")
     layer.main(["--quick"] if quick else [])
     print("\n## Targets 2-4: training\n")
     training.main(["--repeats", "3", "--skip-epoch"] if quick else [])
     print("\n## Data loading\n")
-    data_loader.main([])
+    data_loader.main(["--repeats", "2", "--train-epochs", "1"] if quick else [])
     if torch.cuda.is_available():
         print("\n## Target 5: one layer on the GPU\n")
         gpu.main([])

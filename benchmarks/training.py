@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -170,8 +171,7 @@ def end_to_end(repeats: int) -> dict[str, dict[str, list[float]]]:
 
 
 def _summary(values: list[float]) -> str:
-    v = sorted(values)
-    return f"{v[0]:.2f} / {v[len(v) // 2]:.2f} / {v[-1]:.2f}"
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
 
 
 def main(argv: list[str] | None = None) -> None:
