@@ -36,7 +36,7 @@ def _plain_cpu_input(x: Tensor, dims: int) -> bool:
     # type first: an FX Proxy must not reach the comparisons (they would be traced)
     return (type(x) in _PLAIN and x.dtype in _DTYPES and x.is_cpu and x.dim() == dims
             and x.is_contiguous() and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing() and not transform_active()
+            and not transform_active()
             and os.environ.get("BNLAB_KERNEL") != "reference")
 
 

@@ -129,7 +129,7 @@ def _check_args(
                 f"channel mismatch: input has {channels} channels (dim 1 of shape "
                 f"{tuple(x.shape)}) but {name} has {t.numel()} elements"
             )
-    if not (x.is_floating_point() and not x.is_complex()):
+    if not x.is_floating_point():  # (False for complex dtypes too)
         raise ValueError(f"batch_norm expects real floating-point input, got {x.dtype}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be "

@@ -14,6 +14,8 @@ from .functional import batch_norm, check_activation, check_pool
 
 __all__ = ["BatchNormBase", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNorm"]
 
+_Proxy = torch.fx.Proxy
+
 
 class BatchNormBase(nn.Module):
     """Shared state and forward of the batch-norm layers.
@@ -123,7 +125,7 @@ class BatchNormBase(nn.Module):
         )
 
     def forward(self, input: Tensor) -> Tensor:
-        if isinstance(input, torch.fx.Proxy):
+        if isinstance(input, _Proxy):
             return _traced_call(self, input)
         self._check_input_dim(input)
         if input.shape[1] != self.num_features:
