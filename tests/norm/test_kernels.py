@@ -77,3 +77,18 @@ def test_raw_ops_reject_mismatched_arguments():
     with pytest.raises(RuntimeError, match="grad_out has shape"):
         ops.backward(torch.randn(4, 2), x, torch.zeros(3), torch.ones(3), w, True, True, True,
                      True)
+
+
+def test_the_kernel_setting_follows_the_environment_as_it_changes(monkeypatch):
+    from bnlab.norm.fused import kernel_setting, select_kernel
+
+    x = torch.randn(4, 3)
+    for value in ("reference", "auto", "reference"):
+        monkeypatch.setenv("BNLAB_KERNEL", value)
+        assert kernel_setting() == value
+    assert select_kernel(None, x, ()) == "reference"
+    monkeypatch.setenv("BNLAB_KERNEL", "nonsense")
+    with pytest.raises(ValueError, match="got 'nonsense'"):
+        select_kernel(None, x, ())
+    monkeypatch.delenv("BNLAB_KERNEL")
+    assert kernel_setting() is None

@@ -18,12 +18,10 @@ kernels have rules for none of these: torch's ops run, and are what gets traced)
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor, nn
 
-from ..norm.fused import transform_active
+from ..norm.fused import kernel_setting, transform_active
 from .kernels import conv_ops, pool_ops
 
 __all__ = ["AvgPool2d", "Conv2d", "fast_conv_applies", "fast_pool_applies"]
@@ -37,7 +35,7 @@ def _plain_cpu_input(x: Tensor, dims: int) -> bool:
     return (type(x) in _PLAIN and x.dtype in _DTYPES and x.is_cpu and x.dim() == dims
             and x.is_contiguous() and not torch.compiler.is_compiling()
             and not transform_active()
-            and os.environ.get("BNLAB_KERNEL") != "reference")
+            and kernel_setting() != "reference")
 
 
 def _cpu_autocast() -> bool:

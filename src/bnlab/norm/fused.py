@@ -53,9 +53,24 @@ def fused_poolable(x: Tensor) -> bool:
     return x.dim() == 4 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and x.is_contiguous()
 
 
+# os.environ.get encodes its key on every call (~0.7 µs, more than the rest of the kernel
+# choice); os.environ keeps its current contents in this dict, updated by every change.
+_ENVIRON = getattr(os.environ, "_data", None)
+_KERNEL_KEY = (os.environ.encodekey("BNLAB_KERNEL")
+               if _ENVIRON is not None and hasattr(os.environ, "encodekey") else None)
+
+
+def kernel_setting() -> str | None:
+    """``$BNLAB_KERNEL`` as it is now (None when unset)."""
+    if _KERNEL_KEY is None:
+        return os.environ.get("BNLAB_KERNEL")
+    value = _ENVIRON.get(_KERNEL_KEY)
+    return None if value is None else os.environ.decodevalue(value)
+
+
 def requested_kernel(kernel: str | None) -> str:
     """``kernel``, else ``$BNLAB_KERNEL``, else ``"auto"``; validated."""
-    choice = kernel or os.environ.get("BNLAB_KERNEL") or "auto"
+    choice = kernel or kernel_setting() or "auto"
     if choice not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {choice!r}")
     return choice
