@@ -87,12 +87,18 @@ def test_gunzip_valid_and_multi_member():
         (lambda z: z[:-8] + (zlib.crc32(VALID) ^ 1).to_bytes(4, "little") + z[-4:], "corrupt"),
         (lambda z: z[:-4] + (len(VALID) + 1).to_bytes(4, "little"), "corrupt"),
         (lambda z: z + b"junk", "4 trailing bytes"),
+        (lambda z: z + b"\0\0junk", "6 trailing bytes"),  # zeros then more: not padding
     ],
 )
 def test_each_gzip_corruption_is_reported(mangle, found):
     with pytest.raises(DatasetError) as info:
         gunzip(mangle(gzip.compress(VALID, mtime=0)), "x.gz")
     assert found in info.value.found and info.value.file == "x.gz"
+
+
+def test_zero_padding_after_the_last_member_is_ignored_as_gzip_does():
+    padded = gzip.compress(VALID, mtime=0) + bytes(512)
+    assert gunzip(padded, "x.gz") == VALID == gzip.decompress(padded)
 
 
 def test_gunzip_refuses_to_inflate_beyond_the_bound():

@@ -106,3 +106,27 @@ def test_pruned_and_parametrized_parameters_are_used():
 class Doubled(torch.nn.Module):
     def forward(self, t):
         return 2 * t
+
+
+@pytest.mark.parametrize("x_dtype, p_dtype, allowed", [
+    (torch.float32, torch.float64, False), (torch.float64, torch.float32, False),
+    (torch.float32, torch.float16, False), (torch.float16, torch.bfloat16, False),
+    (torch.float16, torch.float32, True), (torch.bfloat16, torch.float32, True),
+])
+def test_mixed_dtypes_follow_torchs_rule(x_dtype, p_dtype, allowed):
+    x = torch.randn(4, 3).to(x_dtype)
+    stats = (torch.zeros(3, dtype=p_dtype), torch.ones(3, dtype=p_dtype))
+    try:
+        torch.nn.functional.batch_norm(x, *stats, training=True)
+        torch_allows = True
+    except RuntimeError:
+        torch_allows = False
+    assert torch_allows == allowed
+    if allowed:
+        BF.batch_norm(x, *stats, training=True)
+        return
+    with pytest.raises(RuntimeError, match="mixed dtypes"):  # also a ValueError
+        BF.batch_norm(x, *stats, training=True)
+    layer = bnlab.BatchNorm1d(3).to(p_dtype)
+    with pytest.raises(ValueError, match="mixed dtypes"):
+        layer(x)

@@ -51,7 +51,8 @@ def gunzip(
     """Decompress gzip ``data`` (one or more members), checking every CRC and length trailer.
 
     Raises DatasetError naming ``source`` when the stream is not gzip, is corrupt or truncated,
-    has trailing garbage, or inflates to more than ``max_size`` bytes.
+    has trailing garbage, or inflates to more than ``max_size`` bytes. Zero bytes after the
+    last member are padding (blocked storage writes them), ignored as gzip(1) ignores them.
     """
     if data[:2] != GZIP_MAGIC:
         found = f"first bytes {data[:2].hex()}" if data else "an empty file"
@@ -59,6 +60,8 @@ def gunzip(
     parts: list[bytes] = []
     size, rest = 0, data
     while rest:
+        if not rest.strip(b"\0"):
+            break
         if rest[:2] != GZIP_MAGIC:
             raise DatasetError(source, "nothing after the gzip data", f"{len(rest)} trailing bytes")
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)

@@ -106,6 +106,26 @@ def normalize(
     return BatchNormFunction.apply(x, mean, var, weight, bias, eps, batch_statistics)
 
 
+class MixedDtypeError(ValueError, RuntimeError):
+    """Parameters or statistics of a dtype torch's batch norm refuses for the input's (a
+    ValueError like bnlab's other argument errors, and the RuntimeError torch raises)."""
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _check_dtypes(x: Tensor, tensors: tuple[Tensor | None, ...]) -> None:
+    """torch's rule: each per-channel tensor has ``x``'s dtype, or float32 for half/bfloat16
+    ``x`` (mixed precision)."""
+    for t in tensors:
+        if t is not None and t.dtype != x.dtype and not (
+                x.dtype in _LOW_PRECISION and t.dtype == torch.float32):
+            raise MixedDtypeError(
+                f"mixed dtypes: {x.dtype} input with {t.dtype} parameters or statistics; "
+                f"they must be {x.dtype}" + (" or torch.float32" if x.dtype in _LOW_PRECISION
+                                              else ""))
+
+
 def _check_args(
     x: Tensor,
     running_mean: Tensor | None,
@@ -194,8 +214,11 @@ def batch_norm(
     if pool is not None:
         check_pool(pool, input)
     path = "reference"
+    per_channel = (weight, bias, running_mean, running_var)
     if input.numel() > 0:
-        path = select_kernel(kernel, input, (weight, bias, running_mean, running_var))
+        path = select_kernel(kernel, input, per_channel)
+    if path != "fused":  # (the fused kernels take only tensors of the input's dtype)
+        _check_dtypes(input, per_channel)
     if path == "fused":
         fused_pool = pool if pool is not None and fused_poolable(input) else None
         out = fused_batch_norm(input, weight, bias, running_mean, running_var, training,
