@@ -98,8 +98,9 @@ class _CudaBackend:
     def peak(self) -> int:
         return int(torch.cuda.max_memory_allocated(self.device))
 
-    def reset_peak(self) -> None:
+    def reset_peak(self) -> bool:
         torch.cuda.reset_peak_memory_stats(self.device)
+        return True
 
     def empty_cache(self) -> None:
         torch.cuda.empty_cache()
@@ -127,10 +128,11 @@ class _MpsBackend:
     def peak(self) -> int:
         return max(self.current(), self._peak, int(torch.mps.driver_allocated_memory()))
 
-    def reset_peak(self) -> None:
+    def reset_peak(self) -> bool:
         torch.mps.empty_cache()  # so the driver pool regrows only to this block's demand
         self._peak = 0
         self.current()
+        return True
 
     def empty_cache(self) -> None:
         torch.mps.empty_cache()
@@ -221,11 +223,12 @@ class _CpuBackend:
             return max(hwm, now)
         return self._sampled
 
-    def reset_peak(self) -> None:
+    def reset_peak(self) -> bool:
         self._hwm_cleared = _clear_hwm()
         self._hwm_at_reset = self._hwm()
         self._sampled = 0
         self.current()
+        return self._hwm_cleared  # else nothing shared was reset: others' peaks stand
 
     def empty_cache(self) -> None:
         pass
@@ -268,13 +271,23 @@ def _open_span(key: str) -> _Span:
     return span
 
 
+def _device_key(device: torch.device) -> str:
+    """One name per counter: ``cuda`` and ``cuda:0`` (when current) are one device, and the
+    CPU and MPS counters are per process whatever the index."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index}"
+    return device.type
+
+
 def _reset_counter(backend: _Backend, key: str) -> None:
-    """Reset ``backend``'s process-wide peak counter, first handing the peak it holds to
-    every open measurement of the device."""
+    """Reset ``backend``'s process-wide peak counter, handing the peak it held to every open
+    measurement of the device (unless the reset could not touch a shared counter: the CPU
+    without a writable ``/proc/self/clear_refs``, where each measurement keeps its own)."""
     seen = backend.peak()
-    for span in _OPEN_SPANS.get(key, ()):
-        span.carried = max(span.carried, seen)
-    backend.reset_peak()
+    if backend.reset_peak():
+        for span in _OPEN_SPANS.get(key, ()):
+            span.carried = max(span.carried, seen)
 
 
 class GPUMemoryManager:
@@ -289,7 +302,7 @@ class GPUMemoryManager:
     def __init__(self, device: torch.device | str | None = None) -> None:
         self.device: torch.device = select_device("auto" if device is None else device)
         self._backend: _Backend = _backend_for(self.device)
-        self._key = str(self.device)
+        self._key = _device_key(self.device)
         self._span = _open_span(self._key)  # what resets by anyone take from peak()
 
     def current(self) -> int:

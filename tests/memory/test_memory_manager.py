@@ -236,6 +236,7 @@ class FakeCuda:
         cuda = torch.cuda
         monkeypatch.setattr(cuda, "is_available", lambda: True)
         monkeypatch.setattr(cuda, "device_count", lambda: 2)
+        monkeypatch.setattr(cuda, "current_device", lambda: 0)
         monkeypatch.setattr(cuda, "memory_allocated", self.record("allocated", self.allocated))
         monkeypatch.setattr(cuda, "max_memory_allocated", self.record("max", self.max_allocated))
         monkeypatch.setattr(cuda, "reset_peak_memory_stats", self.record("reset", None))
@@ -292,3 +293,23 @@ def test_mps_peak_is_sampled_and_bounded_by_the_driver_pool(monkeypatch):
     now.update(driver=700)
     assert mm.peak() == 700
     assert "10.0 MiB" in mm.summary()
+
+
+@on_linux
+def test_managers_of_one_device_share_the_ledger_whatever_its_spelling():
+    outer_manager, inner_manager = GPUMemoryManager("cpu"), GPUMemoryManager("cpu:0")
+    with outer_manager.track() as outer:
+        x = filled(96 * MiB)
+        del x
+        inner_manager.reset_peak()
+    assert close_to(outer.peak_delta, 96 * MiB)
+
+
+def test_without_clear_refs_a_reset_hands_no_earlier_peak_to_open_blocks(monkeypatch):
+    monkeypatch.setattr(memory, "_clear_hwm", lambda: False)
+    x = filled(96 * MiB)  # before the block: must not count in it
+    del x
+    mm = GPUMemoryManager("cpu")
+    with mm.track() as report:
+        GPUMemoryManager("cpu").reset_peak()  # a fresh manager: its "peak" is the process's
+    assert report.peak_delta < 16 * MiB

@@ -41,7 +41,8 @@ def test_a_build_is_cached_with_its_digest_readable_by_all(cache):
     path = build.build()
     assert path.is_relative_to(cache) and path.read_bytes().startswith(b"\x7fELF")
     assert (path.parent / (path.name + ".sha256")).is_file()
-    assert stat.S_IMODE(path.stat().st_mode) & 0o055 == 0o055  # group/others read + execute
+    umask = build._umask()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755 & ~umask  # not mkstemp's 0600
     body = path.read_bytes()
     assert build.build() == path and path.read_bytes() == body  # cached: not built again
     assert sorted(p.name for p in path.parent.iterdir() if not p.name.endswith(".calls")) == [
@@ -94,3 +95,24 @@ def test_a_cache_path_with_a_tilde_is_expanded(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("BNLAB_KERNEL_CACHE", "~/kernels")
     assert build.cache_dir() == tmp_path / "kernels"
+
+
+def test_a_read_only_cache_from_before_the_digests_is_used_as_it_is(cache, monkeypatch):
+    path = build.build()
+    (path.parent / (path.name + ".sha256")).unlink()
+    monkeypatch.setattr(build.os, "access", lambda p, mode: False)  # (root ignores modes)
+    assert build.build() == path  # loaded, not rebuilt (it cannot be)
+    (path.parent / (path.name + ".sha256")).write_text("0" * 64)
+    with pytest.raises(RuntimeError, match="does not match .* read-only"):
+        build.build()
+
+
+def test_a_damaged_library_is_removed_even_when_the_rebuild_fails(cache, tmp_path,
+                                                                  monkeypatch):
+    path = build.build()
+    with open(path, "r+b") as handle:
+        handle.truncate(100)
+    monkeypatch.setenv("CXX", f"{sys.executable} {tmp_path / 'fake_cc.py'} FAIL")
+    with pytest.raises(RuntimeError, match="failed"):
+        build.build()
+    assert not path.exists()  # an older bnlab sharing the cache must not load it either

@@ -92,3 +92,12 @@ def test_the_kernel_setting_follows_the_environment_as_it_changes(monkeypatch):
         select_kernel(None, x, ())
     monkeypatch.delenv("BNLAB_KERNEL")
     assert kernel_setting() is None
+
+
+def test_the_kernel_setting_follows_a_replaced_environment(monkeypatch):
+    import os
+
+    from bnlab.norm.fused import kernel_setting
+
+    monkeypatch.setattr(os, "environ", {"BNLAB_KERNEL": "reference"})
+    assert kernel_setting() == "reference"

@@ -54,18 +54,18 @@ def fused_poolable(x: Tensor) -> bool:
 
 
 # os.environ.get encodes its key on every call (~0.7 µs, more than the rest of the kernel
-# choice); os.environ keeps its current contents in this dict, updated by every change.
-_ENVIRON = getattr(os.environ, "_data", None)
-_KERNEL_KEY = (os.environ.encodekey("BNLAB_KERNEL")
-               if _ENVIRON is not None and hasattr(os.environ, "encodekey") else None)
+# choice); os.environ keeps its current contents in its own dict, updated by every change.
+_KERNEL_KEY = os.environ.encodekey("BNLAB_KERNEL") if hasattr(os.environ, "encodekey") else None
 
 
 def kernel_setting() -> str | None:
     """``$BNLAB_KERNEL`` as it is now (None when unset)."""
-    if _KERNEL_KEY is None:
-        return os.environ.get("BNLAB_KERNEL")
-    value = _ENVIRON.get(_KERNEL_KEY)
-    return None if value is None else os.environ.decodevalue(value)
+    environ = os.environ  # (looked up each call: a test may replace the whole mapping)
+    data = getattr(environ, "_data", None)
+    if data is None or _KERNEL_KEY is None:
+        return environ.get("BNLAB_KERNEL")
+    value = data.get(_KERNEL_KEY)
+    return None if value is None else environ.decodevalue(value)
 
 
 def requested_kernel(kernel: str | None) -> str:

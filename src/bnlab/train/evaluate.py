@@ -62,7 +62,8 @@ def check_mean_reduction(criterion: Criterion) -> None:
         raise ValueError(
             f"criterion must return the batch-mean loss (reduction='mean'), got {reduction!r}"
         )
-    if getattr(criterion, "weight", None) is not None:
+    # (their mean divides by the summed weights of the batch's classes, not by its size)
+    if isinstance(criterion, (nn.CrossEntropyLoss, nn.NLLLoss)) and criterion.weight is not None:
         raise ValueError("criterion must weight every sample alike: a class-weighted mean "
                          "(weight=...) cannot be summed into per-sample losses")
 

@@ -9,7 +9,9 @@ Libraries go to ``$BNLAB_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/bnlab/kernels
 hash of the source and the headers beside it, the torch version, the flags and the CPU
 (``-march=native``), moved into place atomically so concurrent builds are safe, each with a
 ``.sha256`` file beside it: a library whose bytes no longer match (a truncated copy would
-crash the process when loaded, not raise) is deleted and built again.
+crash the process when loaded, not raise) is deleted and built again. A library without the
+file (an older bnlab's) is rebuilt where the cache is writable, and loaded as it is where
+not.
 """
 
 from __future__ import annotations
@@ -132,6 +134,21 @@ def build(source: Path = SOURCE, verbose: bool = False, python: bool = False) ->
     target = library_path(source, python)
     if _intact(target):
         return target
+    digest = _digest_path(target)
+    if target.exists() and not os.access(target.parent, os.W_OK):
+        if not digest.exists():  # a read-only cache from before the digests: as it is
+            return target
+        raise RuntimeError(f"{target} does not match {digest.name} and its directory is "
+                           "read-only: remove it, or set BNLAB_KERNEL_CACHE elsewhere")
+    try:
+        return _rebuild(source, target, verbose, python)
+    except OSError as err:  # the cache directory: unwritable, full, ...
+        raise RuntimeError(f"cannot build into {target.parent}: {err}") from None
+
+
+def _rebuild(source: Path, target: Path, verbose: bool, python: bool) -> Path:
+    for stale in (target, _digest_path(target)):  # damaged or unverifiable: never loaded
+        stale.unlink(missing_ok=True)
     compiler = _compiler()
     if not compiler or shutil.which(compiler[0]) is None:
         raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX') or 'c++'}, from $CXX "
