@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnlab import memory
-from bnlab.memory import GPUMemoryManager, MemoryReport, format_bytes
+from bnlab.memory import GPUMemoryManager, MemoryReport, backends, format_bytes
 
 MiB = 2**20
 on_linux = pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc")
@@ -88,7 +87,7 @@ def test_reset_peak_then_smaller_allocation_gives_smaller_peak():
 
 @on_linux
 def test_peak_without_clear_refs_falls_back_to_samples(monkeypatch):
-    monkeypatch.setattr(memory, "_clear_hwm", lambda: False)
+    monkeypatch.setattr(backends, "_clear_hwm", lambda: False)
     mm = GPUMemoryManager("cpu")
     # the kernel's high-water mark cannot be reset, so a block below it is seen by sampling
     x = filled(96 * MiB)
@@ -99,11 +98,11 @@ def test_peak_without_clear_refs_falls_back_to_samples(monkeypatch):
 
 @on_linux
 def test_peak_without_clear_refs_uses_a_risen_high_water_mark(monkeypatch):
-    monkeypatch.setattr(memory, "_clear_hwm", lambda: False)
+    monkeypatch.setattr(backends, "_clear_hwm", lambda: False)
     mm = GPUMemoryManager("cpu")
     mm.reset_peak()
     start = mm.current()
-    above = memory._read_proc_status("VmHWM") - start + 32 * MiB
+    above = backends._read_proc_status("VmHWM") - start + 32 * MiB
     if above > 512 * MiB:
         pytest.skip("process high-water mark too far above the current RSS")
     x = filled(above)
@@ -112,8 +111,8 @@ def test_peak_without_clear_refs_uses_a_risen_high_water_mark(monkeypatch):
 
 
 def test_non_linux_reads_getrusage(monkeypatch):
-    monkeypatch.setattr(memory, "_read_proc_status", lambda field: None)
-    monkeypatch.setattr(memory, "_clear_hwm", lambda: False)
+    monkeypatch.setattr(backends, "_read_proc_status", lambda field: None)
+    monkeypatch.setattr(backends, "_clear_hwm", lambda: False)
     maxrss = {"kib": 1000}
 
     class Usage:
@@ -297,7 +296,7 @@ def test_mps_peak_is_sampled_and_bounded_by_the_driver_pool(monkeypatch):
 
 
 def test_without_clear_refs_a_reset_hands_no_earlier_peak_to_open_blocks(monkeypatch):
-    monkeypatch.setattr(memory, "_clear_hwm", lambda: False)
+    monkeypatch.setattr(backends, "_clear_hwm", lambda: False)
     x = filled(96 * MiB)  # before the block: must not count in it
     del x
     mm = GPUMemoryManager("cpu")
