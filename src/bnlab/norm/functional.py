@@ -192,8 +192,9 @@ def batch_norm(
 
     ``kernel``: ``"reference"`` (the tensor-op pieces of this module), ``"fused"`` (bnlab's
     C++ CPU kernels), ``"triton"`` (bnlab's Triton GPU kernels) or ``"auto"`` (fused where
-    it applies: float32/64 on the CPU; Triton for contiguous float32/16/bfloat16 CUDA input
-    where Triton is installed); default ``$BNLAB_KERNEL`` or ``"auto"``.
+    it applies: float32/64 on the CPU; Triton for contiguous or channels-last
+    float32/16/bfloat16 CUDA input where Triton is installed); default ``$BNLAB_KERNEL`` or
+    ``"auto"``.
 
     ``activation``: ``"relu"`` or ``"sigmoid"`` applied to the result — on the fused kernels
     in the same pass, with a backward that recomputes it from the input instead of saving
