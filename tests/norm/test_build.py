@@ -19,6 +19,8 @@ FAKE_CC = """
 import sys
 out = sys.argv[sys.argv.index("-o") + 1]
 if "FAIL" in sys.argv[1:2]:
+    with open(sys.argv[0] + ".failures", "a") as log:
+        log.write("1")
     sys.stderr.write("fake: error: it broke\\n")
     sys.exit(3)
 with open(out, "wb") as handle:
@@ -69,7 +71,7 @@ def test_a_failed_build_names_the_compiler_and_status_and_leaves_nothing(cache, 
     monkeypatch.setenv("CXX", f"{sys.executable} {tmp_path / 'fake_cc.py'} FAIL")
     with pytest.raises(RuntimeError, match=r"with .*python.* failed \(exit status 3\)"):
         build.build()
-    assert not cache.exists() or list(cache.iterdir()) == []
+    assert [p.suffix for p in cache.iterdir()] == [".failed"]  # the record, and no debris
 
 
 def test_a_missing_compiler_is_named(cache, monkeypatch):
@@ -116,3 +118,21 @@ def test_a_damaged_library_is_removed_even_when_the_rebuild_fails(cache, tmp_pat
     with pytest.raises(RuntimeError, match="failed"):
         build.build()
     assert not path.exists()  # an older bnlab sharing the cache must not load it either
+
+
+def test_a_failed_compile_is_not_repeated_by_every_process(cache, tmp_path, monkeypatch):
+    script = tmp_path / "fake_cc.py"
+    failing = f"{sys.executable} {script} FAIL"
+    monkeypatch.setenv("CXX", failing)
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="failed"):
+            build.build()
+    assert (tmp_path / "fake_cc.py.failures").read_text() == "1"  # compiled once, not thrice
+    (record,) = cache.glob("*.failed")
+    past = time.time() - build.RETRY_AFTER_S - 1
+    os.utime(record, (past, past))  # an hour later: tried again
+    with pytest.raises(RuntimeError, match="failed"):
+        build.build()
+    assert (tmp_path / "fake_cc.py.failures").read_text() == "11"
+    monkeypatch.setenv("CXX", f"{sys.executable} {script}")  # another compiler: tried now
+    assert build.build().exists() and not record.exists()

@@ -11,7 +11,9 @@ hash of the source and the headers beside it, the torch version, the flags and t
 ``.sha256`` file beside it: a library whose bytes no longer match (a truncated copy would
 crash the process when loaded, not raise) is deleted and built again. A library without the
 file (an older bnlab's) is rebuilt where the cache is writable, and loaded as it is where
-not.
+not. A compile that fails (or runs past ``BUILD_TIMEOUT_S``) is recorded in the cache, so
+the processes after it fall back at once instead of compiling again for minutes: it is
+retried after ``RETRY_AFTER_S``, when ``$CXX`` changes, or when the record is deleted.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ FLAGS = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-march=native",
 def _compiler() -> list[str]:
     """``$CXX`` (a command, possibly with arguments), else ``c++``."""
     return shlex.split(os.environ.get("CXX") or "c++")
+
+
+BUILD_TIMEOUT_S = 900
+RETRY_AFTER_S = 3600
 
 
 def cache_dir() -> Path:
@@ -140,10 +146,42 @@ def build(source: Path = SOURCE, verbose: bool = False, python: bool = False) ->
             return target
         raise RuntimeError(f"{target} does not match {digest.name} and its directory is "
                            "read-only: remove it, or set BNLAB_KERNEL_CACHE elsewhere")
+    failed = target.parent.with_name(f"{target.parent.name}-{target.stem}.failed")
+    compiler = os.environ.get("CXX") or "c++"
+    _raise_if_failed_recently(failed, compiler)
     try:
-        return _rebuild(source, target, verbose, python)
+        built = _rebuild(source, target, verbose, python)
+        failed.unlink(missing_ok=True)
+        return built
+    except _CompileFailed as err:
+        _record_failure(failed, compiler, str(err))
+        raise RuntimeError(str(err)) from None
     except OSError as err:  # the cache directory: unwritable, full, ...
         raise RuntimeError(f"cannot build into {target.parent}: {err}") from None
+
+
+class _CompileFailed(RuntimeError):
+    """The compiler ran and failed (or ran too long): worth remembering."""
+
+
+def _raise_if_failed_recently(record: Path, compiler: str) -> None:
+    try:
+        age = time.time() - record.stat().st_mtime
+        recorded_compiler, _, message = record.read_text().partition("\n")
+    except OSError:
+        return
+    if age < RETRY_AFTER_S and recorded_compiler == compiler:
+        raise RuntimeError(f"{message} [failed {age / 60:.0f} min ago: retried after "
+                           f"{RETRY_AFTER_S // 60} min, when $CXX changes, or once {record} "
+                           "is deleted]")
+
+
+def _record_failure(record: Path, compiler: str, message: str) -> None:
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(f"{compiler}\n{message}")
+    except OSError:
+        pass  # unrecorded: the next process tries again
 
 
 def _rebuild(source: Path, target: Path, verbose: bool, python: bool) -> Path:
@@ -160,11 +198,15 @@ def _rebuild(source: Path, target: Path, verbose: bool, python: bool) -> Path:
     os.close(fd)
     built = False
     try:
-        proc = subprocess.run(_command(source, Path(tmp), python), capture_output=True,
-                              text=True)
+        try:
+            proc = subprocess.run(_command(source, Path(tmp), python), capture_output=True,
+                                  text=True, timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise _CompileFailed(f"compiling {source.name} with {compiler[0]} took over "
+                                 f"{BUILD_TIMEOUT_S} s; stopped") from None
         if proc.returncode != 0:
-            raise RuntimeError(f"compiling {source.name} with {compiler[0]} failed (exit "
-                               f"status {proc.returncode}):\n{proc.stderr[-4000:]}")
+            raise _CompileFailed(f"compiling {source.name} with {compiler[0]} failed (exit "
+                                 f"status {proc.returncode}):\n{proc.stderr[-4000:]}")
         if verbose and proc.stderr:
             print(proc.stderr, file=sys.stderr)
         _install(Path(tmp), target)
