@@ -20,7 +20,7 @@ from .fused import ACTIVATIONS, fused_batch_norm, fused_poolable, select_kernel
 from .gpu import triton_batch_norm
 
 __all__ = ["batch_norm", "batch_stats", "normalize", "update_running_stats", "compute_dtype",
-           "check_activation", "apply_activation", "check_pool", "apply_pool"]
+           "check_activation", "apply_activation", "check_pool", "apply_pool", "check_input"]
 
 
 def check_activation(activation: str | None) -> None:
@@ -126,6 +126,15 @@ def _check_dtypes(x: Tensor, tensors: tuple[Tensor | None, ...]) -> None:
                                               else ""))
 
 
+def check_input(x: Tensor, eps: float, training: bool) -> None:
+    """ValueError unless ``x`` is real floating point and, in training, ``eps`` > 0 (torch's
+    checks; shared with the synchronized op, which runs them before any communication)."""
+    if not x.is_floating_point():  # (False for complex dtypes too)
+        raise ValueError(f"batch_norm expects real floating-point input, got {x.dtype}")
+    if training and not eps > 0:
+        raise ValueError(f"batch_norm eps must be positive during training, got {eps}")
+
+
 def _check_args(
     x: Tensor,
     running_mean: Tensor | None,
@@ -149,16 +158,13 @@ def _check_args(
                 f"channel mismatch: input has {channels} channels (dim 1 of shape "
                 f"{tuple(x.shape)}) but {name} has {t.numel()} elements"
             )
-    if not x.is_floating_point():  # (False for complex dtypes too)
-        raise ValueError(f"batch_norm expects real floating-point input, got {x.dtype}")
+    check_input(x, eps, training)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be "
                          "None")
     if not training and running_mean is None:
         raise ValueError("running_mean and running_var must be given when training=False")
     if training:
-        if not eps > 0:
-            raise ValueError(f"batch_norm eps must be positive during training, got {eps}")
         count = x.numel() // channels if channels else 0
         if count == 1:
             raise ValueError(

@@ -10,7 +10,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .convert import is_batch_norm, swap_layer
-from .functional import apply_activation, apply_pool, check_pool, update_running_stats
+from .functional import (
+    apply_activation,
+    apply_pool,
+    check_input,
+    check_pool,
+    update_running_stats,
+)
 from .modules import BatchNormBase
 from .sync_autograd import SyncBatchNormFunction, sync_batch_stats
 
@@ -35,10 +41,7 @@ def sync_batch_norm(
     values per channel is 1 (and, before any communication, for input that is not real
     floating point or ``eps`` <= 0).
     """
-    if not input.is_floating_point():
-        raise ValueError(f"batch_norm expects real floating-point input, got {input.dtype}")
-    if not eps > 0:
-        raise ValueError(f"batch_norm eps must be positive during training, got {eps}")
+    check_input(input, eps, training=True)
     mean, var, count = sync_batch_stats(input, group)
     if count == 1:
         raise ValueError(
