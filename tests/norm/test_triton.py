@@ -186,6 +186,42 @@ def test_input_without_grad_gets_parameter_gradients_only():
     torch.testing.assert_close(ours.bias.grad, theirs[0].bias.grad)
 
 
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "nothing_requires_grad"])
+def test_calls_without_gradients_skip_autograd_and_match_torch(context, monkeypatch):
+    calls = []
+    monkeypatch.setattr(gpu.TritonBatchNormFunction, "apply",
+                        lambda *args: calls.append(args))
+    ours, theirs = pair((6, 3, 5), "relu")
+    x = torch.randn(6, 3, 5)
+    guard = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
+             "nothing_requires_grad": torch.enable_grad}[context]
+    if context == "nothing_requires_grad":
+        for m in (ours, theirs):
+            m.requires_grad_(False)
+    for training in (True, False):
+        ours.train(training)
+        theirs.train(training)
+        with guard():
+            y, expected = ours(x), theirs(x)
+        assert y.grad_fn is None and not y.requires_grad
+        torch.testing.assert_close(y, expected)
+    assert calls == []  # the kernels ran without the autograd Function
+    state, reference = ours.state_dict(), theirs[0].state_dict()
+    for key in reference:
+        torch.testing.assert_close(state[key], reference[key])
+
+
+def test_calls_with_gradients_record_the_triton_node():
+    ours, _ = pair((6, 3, 5))
+    ours.weight.requires_grad_(False)
+    ours.bias.requires_grad_(False)
+    assert ours(torch.randn(6, 3, 5)).grad_fn is None
+    y = ours(torch.randn(6, 3, 5, requires_grad=True))
+    assert "TritonBatchNormFunction" in y.grad_fn.name()
+    ours.bias.requires_grad_(True)
+    assert "TritonBatchNormFunction" in ours(torch.randn(6, 3, 5)).grad_fn.name()
+
+
 def test_missing_triton_is_an_error_only_when_asked_for(monkeypatch):
     monkeypatch.setattr(gpu, "_load", lambda: (None, gpu.MISSING))
     x = torch.randn(4, 3)

@@ -251,7 +251,23 @@ def triton_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     counter = num_batches_tracked if training else None
     if x.is_cuda and (index := x.get_device()) != torch.cuda.current_device():
         with torch.cuda.device(index):
-            return TritonBatchNormFunction.apply(x, weight, bias, running_mean, running_var,
-                                                 training, momentum, eps, activation, counter)
-    return TritonBatchNormFunction.apply(x, weight, bias, running_mean, running_var, training,
-                                         momentum, eps, activation, counter)
+            return _run(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                        activation, counter)
+    return _run(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                activation, counter)
+
+
+def _run(x, weight, bias, running_mean, running_var, training, momentum, eps, activation,
+         counter):
+    if torch.is_grad_enabled() and (x.requires_grad or _requires_grad(weight)
+                                    or _requires_grad(bias)):
+        return TritonBatchNormFunction.apply(x, weight, bias, running_mean, running_var,
+                                             training, momentum, eps, activation, counter)
+    # Nothing to differentiate: the launches alone (an autograd Function's call costs more
+    # host time than a small layer's kernel).
+    return forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                   activation, counter)[0]
+
+
+def _requires_grad(t: Tensor | None) -> bool:
+    return t is not None and t.requires_grad
