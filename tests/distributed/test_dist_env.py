@@ -3,6 +3,8 @@ the errors a multi-process run reports before it starts."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 from torch import nn
@@ -72,6 +74,37 @@ def test_init_needs_a_rendezvous_address_and_leaves_a_world_of_one_alone(env):
     with pytest.raises(DistributedSetupError, match="MASTER_ADDR/MASTER_PORT are not set"):
         init_distributed("gloo", timeout_s=5)
 
+
+
+def _rendezvous_env(env, port: int) -> None:
+    for name, value in zip(ENV, ("0", "0", "2", "127.0.0.1", str(port))):
+        env.setenv(name, value)
+
+
+def test_a_rendezvous_that_times_out_names_the_address_and_what_to_check(env):
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _rendezvous_env(env, port)
+    with pytest.raises(DistributedSetupError) as caught:
+        init_distributed("gloo", timeout_s=1)
+    message = str(caught.value)
+    assert f"rank 0 of 2 could not join the process group at 127.0.0.1:{port}" in message
+    assert "1/2 clients joined" in message and "same MASTER_ADDR" in message
+    assert not torch.distributed.is_initialized()
+
+
+def test_a_port_in_use_is_a_setup_error_and_one_cli_line(env, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        _rendezvous_env(env, s.getsockname()[1])
+        with pytest.raises(DistributedSetupError, match="address already in use"):
+            init_distributed("gloo", timeout_s=30)
+        assert main(["train", "--device", "cpu", "--dist-timeout", "30"]) == 2
+    err = capsys.readouterr().err
+    assert "could not join the process group" in err and len(err.strip().splitlines()) == 1
+    assert not torch.distributed.is_initialized()
 
 def test_backend_follows_the_device():
     assert backend_for("cpu") == "gloo" and backend_for(torch.device("cuda", 1)) == "nccl"

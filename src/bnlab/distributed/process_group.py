@@ -38,7 +38,8 @@ def init_distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
     current CUDA device becomes ``cuda:LOCAL_RANK``. A world of one, or a group that is
     already initialized, is left as it is. Returns this process's :class:`WorldInfo`.
     Raises DistributedSetupError (a ValueError) when ``MASTER_ADDR``/``MASTER_PORT`` are
-    missing or ``timeout_s`` is not in (0, :data:`MAX_TIMEOUT_S`].
+    missing, ``timeout_s`` is not in (0, :data:`MAX_TIMEOUT_S`], or the rendezvous fails
+    (a peer missing after ``timeout_s``, the port in use, the address unreachable).
     """
     info = world_info()
     if not info.distributed or dist.is_initialized():
@@ -54,9 +55,22 @@ def init_distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
     backend = backend_for() if backend == "auto" else backend
     if backend == "nccl":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend, init_method="env://", rank=info.rank,
-                            world_size=info.world_size, timeout=timedelta(seconds=timeout_s))
+    try:
+        dist.init_process_group(backend, init_method="env://", rank=info.rank,
+                                world_size=info.world_size, timeout=timedelta(seconds=timeout_s))
+    except _RENDEZVOUS_ERRORS as err:
+        raise DistributedSetupError(
+            f"rank {info.rank} of {info.world_size} could not join the process group at "
+            f"{info.master_addr}:{info.master_port} (timeout {timeout_s:g} s): {err}; "
+            f"{_LIKELY_CAUSE}") from err
     return info
+
+
+# torch's rendezvous failures (timeouts, unreachable or busy addresses) are DistErrors.
+_RENDEZVOUS_ERRORS = getattr(dist, "DistError", RuntimeError)
+_LIKELY_CAUSE = ("check that every rank started with the same MASTER_ADDR, MASTER_PORT and "
+                 "WORLD_SIZE, that rank 0 can listen on that port (not in use by another run) "
+                 "and the others can reach it")
 
 
 def cleanup() -> None:
