@@ -45,11 +45,14 @@ def test_closed_form_matches_autograd_of_the_naive_formula():
 
 
 def test_only_input_and_two_statistics_are_saved(kernel):
-    if kernel == "fused":
-        pytest.skip("the C++ node keeps the same three tensors but does not expose them")
+    # Seen through saved-tensor hooks, which every path's node honours (the C++ nodes keep
+    # their (C,) statistics outside autograd, so those may not show).
+    packed = []
     x = torch.randn(8, 3, 4, 4, requires_grad=True)
     w = torch.ones(3, requires_grad=True)
-    y = BF.batch_norm(x, None, None, w, torch.zeros(3, requires_grad=True), training=True)
-    saved = [t for t in y.grad_fn.saved_tensors if t is not None]
-    big = [t for t in saved if t.numel() > 2 * 3]  # the statistics: (C,) each, or (2, C)
-    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        y = BF.batch_norm(x, None, None, w, torch.zeros(3, requires_grad=True), training=True)
+    assert y.grad_fn is not None
+    # (The reference path's statistics op saves x too: the same tensor, no more memory.)
+    big = [t for t in packed if t.numel() > 2 * 3]  # the statistics: (C,) each, or (2, C)
+    assert big and {t.data_ptr() for t in big} == {x.data_ptr()}

@@ -5,6 +5,8 @@ Without a GPU the kernels run in Triton's interpreter (set up by conftest.py); t
 stay small because it is slow.
 """
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -12,9 +14,16 @@ from torch import nn
 import bnlab
 from bnlab.norm import functional as BF
 from bnlab.norm import gpu, gpu_plan
-from bnlab.norm.kernels import KernelUnavailable
+from bnlab.norm.kernels import KernelUnavailable, cpu_ops
 
 CUDA = torch.cuda.is_available()
+# The Triton path's backward: its C++ node, or where that cannot be built its Function.
+TRITON_NODES = ("BnlabTritonBatchNormBackward", "TritonBatchNormFunctionBackward")
+
+
+def triton_node(y: torch.Tensor) -> bool:
+    """Whether ``y`` was made by the Triton path (its backward node is the path's own)."""
+    return y.grad_fn is not None and y.grad_fn.name() in TRITON_NODES
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +85,7 @@ def assert_steps_match(shape, activation=None, dtype=torch.float32, device="cpu"
     torch.testing.assert_close(ours.bias.grad, theirs[0].bias.grad, rtol=1e-3, atol=1e-4)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(ours, name), getattr(theirs[0], name))
-    assert "TritonBatchNormFunction" in ya.grad_fn.name()
+    assert triton_node(ya)
 
 
 @pytest.mark.parametrize("shape", [(6, 4, 7, 7), (9, 3, 5), (33, 2, 4, 4), (40, 3), (50, 70)])
@@ -112,7 +121,7 @@ def test_channels_last_runs_as_rows_and_matches_torch(shape, memory_format, acti
     xa = x.contiguous(memory_format=memory_format).requires_grad_()
     xb = x.clone().requires_grad_()
     ya, yb = ours(xa), act(theirs(xb))
-    assert "TritonBatchNormFunction" in ya.grad_fn.name()
+    assert triton_node(ya)
     assert ya.is_contiguous(memory_format=memory_format)
     torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
     ya.backward(dy)
@@ -135,7 +144,7 @@ def test_half_and_bfloat16_match_torch_to_their_rounding():
         ours, theirs = pair((16, 3, 5))
         x = torch.randn(16, 3, 5).to(dtype)
         y = ours(x)
-        assert y.dtype == dtype and "TritonBatchNormFunction" in y.grad_fn.name()
+        assert y.dtype == dtype and triton_node(y)
         torch.testing.assert_close(y.float(), theirs(x.float()), **tol)
 
 
@@ -191,6 +200,7 @@ def test_calls_without_gradients_skip_autograd_and_match_torch(context, monkeypa
     calls = []
     monkeypatch.setattr(gpu.TritonBatchNormFunction, "apply",
                         lambda *args: calls.append(args))
+    monkeypatch.setattr(gpu, "_node", lambda: SimpleNamespace(attach=calls.append))
     ours, theirs = pair((6, 3, 5), "relu")
     x = torch.randn(6, 3, 5)
     guard = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
@@ -205,7 +215,7 @@ def test_calls_without_gradients_skip_autograd_and_match_torch(context, monkeypa
             y, expected = ours(x), theirs(x)
         assert y.grad_fn is None and not y.requires_grad
         torch.testing.assert_close(y, expected)
-    assert calls == []  # the kernels ran without the autograd Function
+    assert calls == []  # the kernels ran without an autograd node or Function
     state, reference = ours.state_dict(), theirs[0].state_dict()
     for key in reference:
         torch.testing.assert_close(state[key], reference[key])
@@ -217,9 +227,102 @@ def test_calls_with_gradients_record_the_triton_node():
     ours.bias.requires_grad_(False)
     assert ours(torch.randn(6, 3, 5)).grad_fn is None
     y = ours(torch.randn(6, 3, 5, requires_grad=True))
-    assert "TritonBatchNormFunction" in y.grad_fn.name()
+    assert triton_node(y)
     ours.bias.requires_grad_(True)
-    assert "TritonBatchNormFunction" in ours(torch.randn(6, 3, 5)).grad_fn.name()
+    assert triton_node(ours(torch.randn(6, 3, 5)))
+
+
+@pytest.fixture
+def function_path(monkeypatch):
+    """The Triton path as where its C++ node cannot be built: a torch.autograd.Function."""
+    monkeypatch.setattr(gpu, "_node", lambda: None)
+
+
+@pytest.mark.parametrize("shape, activation", [((6, 3, 5), None), ((7, 4), "sigmoid"),
+                                               ((5, 2, 3, 3), "relu")])
+def test_the_function_path_matches_torch(function_path, shape, activation):
+    assert_steps_match(shape, activation)
+
+
+def test_the_node_is_built_where_the_fused_kernels_are():
+    if cpu_ops() is None:
+        pytest.skip("no C++ compiler here")
+    assert gpu._node() is not None, gpu.node_status()
+    assert gpu.node_status().startswith("loaded ")
+
+
+@pytest.mark.parametrize("path", ["node", "function"])
+def test_double_backward_of_either_path_matches_the_reference(path, monkeypatch):
+    if path == "function":
+        monkeypatch.setattr(gpu, "_node", lambda: None)
+    gen = torch.Generator().manual_seed(2)
+    x, w = torch.randn(5, 3, 4, generator=gen), torch.rand(3, generator=gen)
+    b = torch.randn(3, generator=gen)
+    results = []
+    for kernel in ("triton", "reference"):
+        xa, wa, ba = (t.clone().requires_grad_() for t in (x, w, b))
+        y = BF.batch_norm(xa, None, None, wa, ba, training=True, kernel=kernel,
+                          activation="relu")
+        assert triton_node(y) == (kernel == "triton")
+        gx, gw, gb = torch.autograd.grad((y * y).sum(), (xa, wa, ba), create_graph=True)
+        results.append(torch.autograd.grad(gx.pow(2).sum() + (gw * gb).sum(), (xa, wa, ba)))
+    for ours, ref in zip(*results):  # (float32 sums of terms up to ~1e3)
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def _layer_output(requires_grad_x=True):
+    layer = bnlab.BatchNorm1d(3)
+    x = torch.randn(6, 3, 4, requires_grad=requires_grad_x)
+    return layer, x, layer(x)
+
+
+def test_the_node_refuses_a_second_backward_and_allows_it_with_retain_graph():
+    _, x, y = _layer_output()
+    assert triton_node(y)
+    y.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.sum().backward()
+
+
+def test_the_node_sees_an_input_modified_in_place_after_forward():
+    layer = bnlab.BatchNorm1d(3)
+    leaf = torch.randn(6, 3, requires_grad=True)
+    x = leaf * 1
+    y = layer(x)
+    x.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_the_node_packs_its_saved_tensors_through_saved_tensor_hooks():
+    packed = []
+
+    def pack(t):
+        packed.append(t.shape)
+        return t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer, x, y = _layer_output()
+    y.pow(2).sum().backward()
+    assert torch.Size([6, 3, 4]) in packed and torch.Size([3]) in packed  # x, weight
+    expected = torch.func.grad(
+        lambda v: torch.nn.functional.batch_norm(v, None, None, layer.weight.detach(),
+                                                 layer.bias.detach(), True).pow(2).sum())(
+        x.detach())
+    torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_error_in_the_nodes_backward_reaches_the_caller(monkeypatch):
+    def broken(*args):
+        raise ValueError("launch failed: out of resources")
+
+    monkeypatch.setattr(gpu, "backward", broken)
+    _, _, y = _layer_output()
+    with pytest.raises(RuntimeError, match="launch failed: out of resources"):
+        y.sum().backward()
 
 
 def test_missing_triton_is_an_error_only_when_asked_for(monkeypatch):
@@ -228,7 +331,7 @@ def test_missing_triton_is_an_error_only_when_asked_for(monkeypatch):
     with pytest.raises(KernelUnavailable, match="Triton is not installed"):
         BF.batch_norm(x, None, None, training=True, kernel="triton")
     y = BF.batch_norm(x.requires_grad_(), None, None, training=True, kernel="auto")
-    assert "TritonBatchNormFunction" not in y.grad_fn.name()
+    assert not triton_node(y)
 
 
 def test_a_broken_triton_is_reported_not_raised_under_auto(monkeypatch):
@@ -243,7 +346,7 @@ def test_a_broken_triton_is_reported_not_raised_under_auto(monkeypatch):
 def test_auto_runs_triton_only_on_gpus():
     x = torch.randn(4, 3, requires_grad=True).half()  # not the fused kernels' dtype either
     y = BF.batch_norm(x, None, None, training=True, kernel="auto")
-    assert "TritonBatchNormFunction" not in y.grad_fn.name()
+    assert not triton_node(y)
 
 
 cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -279,7 +382,7 @@ def test_cuda_channels_last_matches_torch(shape, monkeypatch):
     x = torch.randn(shape, device="cuda").contiguous(memory_format=fmt)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = ours(xa), theirs(xb)
-    assert "TritonBatchNormFunction" in ya.grad_fn.name()
+    assert triton_node(ya)
     assert ya.is_contiguous(memory_format=fmt)
     torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)
     dy = torch.randn_like(x)

@@ -9,7 +9,7 @@ from torch import nn
 
 from .. import norm
 from ..models.kernels import layer_kernel_status
-from ..norm.gpu import triton_status
+from ..norm.gpu import node_status, triton_status
 from ..norm.kernels import kernel_status
 from .parser import non_negative_float, positive_int, seed_int
 
@@ -62,7 +62,9 @@ def max_difference(name: str, shape: tuple[int, ...], steps: int, seed: int) -> 
 
 def run(args: argparse.Namespace) -> int:
     # Which kernels the CPU cases below ran on, and what CUDA tensors would run on.
-    gpu = triton_status() if torch.cuda.is_available() else "no CUDA device"
+    gpu = "no CUDA device"
+    if torch.cuda.is_available():
+        gpu = f"{triton_status()} (autograd node: {node_status()})"
     layers = "; ".join(f"{name}: {status}" for name, status in layer_kernel_status().items())
     print(f"bnlab kernels: {kernel_status()}; LeNet's layers: {layers}; GPU: {gpu}\n")
     print("| layer | input shape | max difference vs torch (relative) |")

@@ -23,9 +23,11 @@ from torch import Tensor
 
 from .autograd import apply_statistics, closed_form_grads, reduce_dims
 from .gpu_plan import plan
+from .kernels import triton_node
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ACT_CODES = {None: 0, "relu": 1, "sigmoid": 2}
+_ACTIVATIONS = tuple(_ACT_CODES)  # by code
 MISSING = "Triton is not installed"
 
 
@@ -65,6 +67,12 @@ def triton_status() -> str:
     if module is not None and interpreting():
         return "Triton's interpreter (TRITON_INTERPRET=1): CPU tensors too"
     return reason
+
+
+def node_status() -> str:
+    """One line: where the Triton path's C++ autograd node was loaded from, or why it was
+    not (its autograd Function runs instead). Builds the node on first use."""
+    return triton_node()[1]
 
 
 def _channels_last_format(x: Tensor) -> torch.memory_format | None:
@@ -193,8 +201,27 @@ def backward(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
     return dx, (dw if need_w else None), (db if need_b else None)
 
 
+def _backward(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+              stats: Tensor, batch_statistics: bool, activation: str | None, eps: float,
+              needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """Backward on the kernels; when it is itself differentiated (double backward), the
+    reference's closed form with differentiable tensor ops instead."""
+    if torch.is_grad_enabled():
+        return _differentiable_backward(dy, x, weight, bias, stats[0], stats[1],
+                                        batch_statistics, activation, eps, needs)
+    return backward(dy, x, weight, bias, stats, batch_statistics, activation, needs)
+
+
+def _node_backward(dy, x, weight, bias, stats, batch_statistics, activation_code, need_x,
+                   need_w, need_b, eps):
+    """What the C++ node (``kernels/triton_node.cpp``) calls in backward."""
+    return _backward(dy, x, weight, bias, stats, batch_statistics, _ACTIVATIONS[activation_code],
+                     eps, (need_x, need_w, need_b))
+
+
 class TritonBatchNormFunction(torch.autograd.Function):
-    """``activation((x - mean) * invstd * weight + bias)`` on the Triton kernels."""
+    """``activation((x - mean) * invstd * weight + bias)`` on the Triton kernels (where the
+    C++ node cannot be built)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, batch_statistics, momentum,
@@ -210,34 +237,39 @@ class TritonBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias, stats = ctx.saved_tensors
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        if torch.is_grad_enabled():  # double backward: the differentiable closed form
-            grads = _differentiable_backward(ctx, dy, x, weight, bias, stats[0], stats[1],
-                                             needs)
-        else:
-            grads = backward(dy, x, weight, bias, stats, ctx.batch_statistics,
-                             ctx.activation, needs)
+        grads = _backward(dy, x, weight, bias, stats, ctx.batch_statistics, ctx.activation,
+                          ctx.eps, tuple(ctx.needs_input_grad[:3]))
         return (*grads, None, None, None, None, None, None, None)
 
 
-def _differentiable_backward(ctx, dy, x, weight, bias, mean, invstd, needs):
+def _differentiable_backward(dy, x, weight, bias, mean, invstd, batch_statistics, activation,
+                             eps, needs):
     """The closed form with differentiable tensor ops; the activation's slope recomputed
     from statistics that, in training, are themselves recomputed from ``x``."""
-    if ctx.activation is not None:
+    if activation is not None:
         xc = x.to(invstd.dtype)
         m, inv = mean, invstd
-        if ctx.batch_statistics:
+        if batch_statistics:
             var, m = torch.var_mean(xc, dim=reduce_dims(x), correction=0)
-            inv = torch.rsqrt(var + ctx.eps)
+            inv = torch.rsqrt(var + eps)
         pre = apply_statistics(xc, m, inv, weight, bias)
-        if ctx.activation == "relu":
+        if activation == "relu":
             slope = (pre > 0).to(pre.dtype)
         else:
             sig = torch.sigmoid(pre)
             slope = sig * (1 - sig)
         dy = (dy.to(pre.dtype) * slope).to(dy.dtype)
-    return closed_form_grads(dy, x, mean, invstd, weight, ctx.eps, ctx.batch_statistics,
-                             needs, None if bias is None else bias.dtype)
+    return closed_form_grads(dy, x, mean, invstd, weight, eps, batch_statistics, needs,
+                             None if bias is None else bias.dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _node():
+    """The C++ node's module (its backward entry set), or None where it cannot be built."""
+    module = triton_node()[0]
+    if module is not None:
+        module.set_backward(_node_backward)
+    return module
 
 
 def triton_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
@@ -259,14 +291,21 @@ def triton_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
 
 def _run(x, weight, bias, running_mean, running_var, training, momentum, eps, activation,
          counter):
-    if torch.is_grad_enabled() and (x.requires_grad or _requires_grad(weight)
-                                    or _requires_grad(bias)):
+    if not (torch.is_grad_enabled() and (x.requires_grad or _requires_grad(weight)
+                                         or _requires_grad(bias))):
+        # Nothing to differentiate: the launches alone.
+        return forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                       activation, counter)[0]
+    node = _node()
+    if node is None:
         return TritonBatchNormFunction.apply(x, weight, bias, running_mean, running_var,
                                              training, momentum, eps, activation, counter)
-    # Nothing to differentiate: the launches alone (an autograd Function's call costs more
-    # host time than a small layer's kernel).
-    return forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
-                   activation, counter)[0]
+    # The launches, then the C++ node recorded on the output (an autograd Function's call
+    # costs more host time than a small layer's kernels).
+    y, stats = forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                       activation, counter)
+    node.attach(y, x, weight, bias, stats, training, _ACT_CODES[activation], eps)
+    return y
 
 
 def _requires_grad(t: Tensor | None) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 from .build import SOURCE, load_module, load_ops
 
 FAST_ENTRY = Path(__file__).with_name("fast_entry.cpp")
+TRITON_NODE = Path(__file__).with_name("triton_node.cpp")
 
 
 class KernelUnavailable(RuntimeError):
@@ -49,3 +50,11 @@ def kernel_status() -> str:
     """One line: where the fused kernels were loaded from, or why they were not (and the
     same for their fast Python entry)."""
     return f"{_load()[1]}; fast entry: {_load_fast_entry()[1]}"
+
+
+@functools.lru_cache(maxsize=1)
+def triton_node() -> tuple[object | None, str]:
+    """``(module, "loaded <path>")`` for the Triton path's C++ autograd node
+    (triton_node.cpp), or ``(None, reason)`` where it cannot be built (the path then uses a
+    torch.autograd.Function instead)."""
+    return load_module(TRITON_NODE)
