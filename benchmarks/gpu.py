@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 import bnlab
-from bnlab.norm.gpu import triton_status
+from bnlab.norm import gpu
+from bnlab.norm.gpu import node_status, triton_status
 
 from . import timing
 from .layer import SHAPES
@@ -214,6 +215,13 @@ def overhead(shape: tuple[int, ...] = (64, 120)) -> None:
                 print(f"- {name}: failed ({type(e).__name__}: {e})")
     for name, fn in list(pieces.items())[5:]:
         print(f"- {name}: {per_call_us(fn, 500):.1f}")
+    node = gpu._node
+    try:  # the autograd Function the path falls back to where its C++ node is not built
+        gpu._node = lambda: None
+        print(f"- bnlab module forward + backward, autograd Function: "
+              f"{per_call_us(step_fn(ours, xg, x), 500):.1f}")
+    finally:
+        gpu._node = node
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.gpu needs a CUDA GPU")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, "
-          f"cuDNN {torch.backends.cudnn.version()}; bnlab: {triton_status()}")
+          f"cuDNN {torch.backends.cudnn.version()}; bnlab: {triton_status()} "
+          f"(autograd node: {node_status()})")
     rows = [measure(shape, args.repeats) for shape in SHAPES]
     rows.append(measure(SHAPES[-1], args.repeats, torch.channels_last))
     print_table(rows)

@@ -10,6 +10,8 @@ DATA=${DATA:-.gpu_data}
 mkdir -p "$OUT"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__,
 torch.cuda.get_device_name())" 2>&1 | tee "$OUT/env.txt"
+# The Triton path's C++ autograd node is compiled on first use: once here, not inside a timing.
+timeout 240 python3 -c "from bnlab.norm.gpu import node_status; print(node_status())" 2>&1 | tee -a "$OUT/env.txt"
 timeout 200 python3 -m benchmarks.gpu --repeats 7 --overhead 2>&1 | tee "$OUT/bench.txt"
 for norm in bnlab torch none; do
   timeout 90 python3 -m bnlab train --device cuda --norm "$norm" --epochs 3 \
