@@ -1,12 +1,13 @@
 """``python -m benchmarks [--quick]``: every speed target in one run (layer, training, data;
-and the GPU layer table where there is a CUDA GPU). ``--quick``: fewer repeats, shorter data
-runs, and target 4 (fresh-process epochs, minutes) left out."""
+the GPU path's host time without a GPU; the GPU layer table where there is a CUDA GPU).
+``--quick``: fewer repeats, shorter data runs, and target 4 (fresh-process epochs,
+minutes) left out."""
 
 import argparse
 
 import torch
 
-from . import data_loader, gpu, layer, training
+from . import data_loader, gpu, host, layer, training
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
@@ -19,6 +20,8 @@ if __name__ == "__main__":
     training.main(["--repeats", "3", "--skip-epoch"] if quick else [])
     print("\n## Data loading\n")
     data_loader.main(["--repeats", "2", "--train-epochs", "1"] if quick else [])
+    print("\n## Target 5, host side: the GPU path's host time per call, launches stubbed\n")
+    host.main(["--rounds", "5"] if quick else [])
     if torch.cuda.is_available():
         print("\n## Target 5: one layer on the GPU\n")
         gpu.main([])

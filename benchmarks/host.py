@@ -10,7 +10,7 @@ same with the torch.autograd.Function it falls back to, bnlab's fused CPU path (
 node and kernels, for scale) and torch. Min over interleaved rounds (the machine's noise
 only ever adds time).
 
-Run: ``python -m benchmarks.host [--rounds 15]``.
+Run: ``python -m benchmarks.host [--rounds 20]``.
 """
 
 from __future__ import annotations
@@ -48,23 +48,30 @@ def _step(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], N
     return step
 
 
+# Each row: the kernel setting, whether the Triton path may use its C++ node, and the
+# backward node its output must have (checked before timing: each row runs the path it names).
+ROWS = {"bnlab Triton path, C++ node": ("triton", True, "BnlabTritonBatchNormBackward"),
+        "bnlab Triton path, autograd Function": ("triton", False,
+                                                 "TritonBatchNormFunctionBackward"),
+        "bnlab fused CPU path": ("fused", False, "BnlabBatchNormBackward"),
+        "torch.nn.BatchNorm1d (CPU)": (None, False, "NativeBatchNormBackward0")}
+
+
 def measure(rounds: int, iters: int = 2000) -> dict[str, tuple[float, float]]:
     """Per row: (forward µs, forward + backward µs), each the minimum over ``rounds``."""
     node = gpu._node()
-    rows = {"bnlab Triton path, C++ node": ("triton", node),
-            "bnlab Triton path, autograd Function": ("triton", None),
-            "bnlab fused CPU path": ("fused", None),
-            "torch.nn.BatchNorm1d (CPU)": (None, None)}
-    layers = {name: (nn.BatchNorm1d(SHAPE[1]) if kernel is None else bnlab.BatchNorm1d(SHAPE[1]))
-              for name, (kernel, _) in rows.items()}
+    if node is None:
+        raise SystemExit(f"the Triton path's C++ node is not built here: {gpu.node_status()}")
     x = torch.randn(SHAPE, requires_grad=True)
     dy = torch.randn(SHAPE)
-    best = {name: [float("inf"), float("inf")] for name in rows}
-    for _ in range(rounds):
-        for name, (kernel, use_node) in rows.items():
-            layer = layers[name]
+    best = {name: [float("inf"), float("inf")] for name in ROWS}
+    for round_ in range(rounds):
+        for name, (kernel, use_node, node_name) in ROWS.items():
+            layer = nn.BatchNorm1d(SHAPE[1]) if kernel is None else bnlab.BatchNorm1d(SHAPE[1])
             with mock.patch.dict(os.environ, {"BNLAB_KERNEL": kernel or "auto"}), \
-                    mock.patch.object(gpu, "_node", lambda n=use_node: n):
+                    mock.patch.object(gpu, "_node", lambda n=node if use_node else None: n):
+                if round_ == 0 and layer(x).grad_fn.name() != node_name:
+                    raise AssertionError(f"{name}: took {layer(x).grad_fn.name()}")
                 forward = time_call(lambda m=layer: m(x), iters)
                 step = time_call(_step(layer, x, dy), iters)
             best[name][0] = min(best[name][0], forward * 1e6)
@@ -74,7 +81,8 @@ def measure(rounds: int, iters: int = 2000) -> dict[str, tuple[float, float]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.host", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=2000, help="calls per timing")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     # Triton's kernels never run: the path is taken for CPU tensors as under its interpreter.
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     with mock.patch.dict(os.environ, {"TRITON_INTERPRET": "1"}), \
             mock.patch.object(gpu, "_load", lambda: loaded):
         print(f"Triton path's autograd node: {gpu.node_status()}")
-        results = measure(args.rounds)
+        results = measure(args.rounds, args.iters)
     base = results["torch.nn.BatchNorm1d (CPU)"][1]
     print(f"\nHost time per call at {SHAPE}, one thread (µs, min of {args.rounds} rounds):\n")
     print("| path | forward | forward + backward | vs torch |")

@@ -89,3 +89,17 @@ def test_gpu_benchmark_says_it_needs_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         gpu.main([])
+
+
+def test_host_benchmark_times_each_path_it_names(capsys):
+    from benchmarks import host
+    from bnlab.norm import gpu
+
+    if gpu._node() is None:
+        pytest.skip(f"the Triton path's C++ node is not built here: {gpu.node_status()}")
+    host.main(["--rounds", "1", "--iters", "3"])  # raises if a row ran another path
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| bnlab") or
+            line.startswith("| torch")]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(host.ROWS)
+    assert rows[-1].endswith("| 1.00 |")
