@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.models import lenet
-from bnlab.train import EpochRecord, History, train_classify
+from bnlab.train import EpochRecord, History, evaluate, train_classify
 
 TRAIN_SIZES = [16] * 5 + [5]  # uneven last batch
 TEST_SIZES = [32, 32, 7]
@@ -265,6 +265,11 @@ def test_class_weighted_and_per_sample_criteria_are_refused(make_loader):
     net = lenet("none")
     with pytest.raises(ValueError, match="class-weighted"):
         _run_with(net, make_loader, nn.CrossEntropyLoss(weight=torch.ones(10)))
+    for criterion in (nn.CrossEntropyLoss(ignore_index=0), nn.NLLLoss(ignore_index=3)):
+        with pytest.raises(ValueError, match="must count every sample: ignore_index="):
+            _run_with(net, make_loader, criterion)
+        with pytest.raises(ValueError, match="must count every sample"):
+            evaluate(net, make_loader([8]), criterion)
 
     def per_sample(scores, y):
         return F.cross_entropy(scores, y, reduction="none")

@@ -3,8 +3,8 @@
 A loader is any iterable of ``(X, y)`` batches: ``X`` the model's input, ``y`` int64
 class labels (B,); the model returns class scores (B, C). The criterion returns the
 batch-mean loss (``reduction="mean"``, as ``nn.CrossEntropyLoss()`` by default, without
-class weights); means over a loader weight each batch by its size. (A criterion's
-``ignore_index`` is not honoured: every label counts as a sample.)
+class weights or an ``ignore_index`` of its own); means over a loader weight each batch by
+its size, every label a sample.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ def accumulator_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+_DEFAULT_IGNORE_INDEX = -100  # nn.CrossEntropyLoss's and nn.NLLLoss's
+
+
 def check_mean_reduction(criterion: Criterion) -> None:
     """Reject criteria that do not return a batch mean (their sums would be misweighted)."""
     reduction = getattr(criterion, "reduction", "mean")
@@ -62,10 +65,16 @@ def check_mean_reduction(criterion: Criterion) -> None:
         raise ValueError(
             f"criterion must return the batch-mean loss (reduction='mean'), got {reduction!r}"
         )
-    # (their mean divides by the summed weights of the batch's classes, not by its size)
-    if isinstance(criterion, (nn.CrossEntropyLoss, nn.NLLLoss)) and criterion.weight is not None:
-        raise ValueError("criterion must weight every sample alike: a class-weighted mean "
-                         "(weight=...) cannot be summed into per-sample losses")
+    # (their mean divides by the summed weights of the batch's classes, or by the samples
+    # not ignored, not by the batch's size)
+    if isinstance(criterion, (nn.CrossEntropyLoss, nn.NLLLoss)):
+        if criterion.weight is not None:
+            raise ValueError("criterion must weight every sample alike: a class-weighted mean "
+                             "(weight=...) cannot be summed into per-sample losses")
+        if criterion.ignore_index != _DEFAULT_IGNORE_INDEX:
+            raise ValueError(
+                f"criterion must count every sample: ignore_index={criterion.ignore_index} "
+                "leaves samples out of its mean (and accuracy here would count them)")
 
 
 def batch_loss(criterion: Criterion, scores: Tensor, y: Tensor) -> Tensor:
