@@ -321,8 +321,16 @@ def test_an_error_in_the_nodes_backward_reaches_the_caller(monkeypatch):
 
     monkeypatch.setattr(gpu, "backward", broken)
     _, _, y = _layer_output()
-    with pytest.raises(RuntimeError, match="launch failed: out of resources"):
-        y.sum().backward()
+    with pytest.raises(ValueError, match="launch failed: out of resources"):
+        y.sum().backward()  # the Python exception itself, as through torch's Python nodes
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(gpu, "backward", out_of_memory)
+    y = _layer_output()[2]
+    with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"):
+        y.sum().backward()  # (what batch-size finders catch)
 
 
 def test_missing_triton_is_an_error_only_when_asked_for(monkeypatch):

@@ -215,8 +215,8 @@ def _backward(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
 def _node_backward(dy, x, weight, bias, stats, batch_statistics, activation_code, need_x,
                    need_w, need_b, eps):
     """What the C++ node (``kernels/triton_node.cpp``) calls in backward."""
-    return _backward(dy, x, weight, bias, stats, batch_statistics, _ACTIVATIONS[activation_code],
-                     eps, (need_x, need_w, need_b))
+    return tuple(_backward(dy, x, weight, bias, stats, batch_statistics,
+                           _ACTIVATIONS[activation_code], eps, (need_x, need_w, need_b)))
 
 
 class TritonBatchNormFunction(torch.autograd.Function):

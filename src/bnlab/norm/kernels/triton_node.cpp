@@ -8,13 +8,13 @@
 // set_backward) with the saved tensors. Saved tensors, version checks, retain_graph, saved-
 // tensor hooks and anomaly mode behave as for any of torch's own nodes.
 
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/utils/pybind.h>
 
-#include <stdexcept>
 #include <string>
 
 #include "autograd_node.h"
@@ -75,12 +75,12 @@ struct TritonBatchNormBackward : public torch::autograd::Node {
         dw = tensor_or_undefined(grads_out[1]);
         db = tensor_or_undefined(grads_out[2]);
       } catch (py::error_already_set& err) {
-        // Raised to the engine as a C++ error (it reaches the caller as a RuntimeError with
-        // this text); the Python error object is released here, under the GIL.
-        std::string what = err.what();
+        // Handed on as torch's python_error (as its Python nodes do): the engine carries it
+        // to the thread that called backward, which raises the original Python exception.
         err.restore();
-        PyErr_Clear();
-        throw std::runtime_error(what);
+        python_error failure;
+        failure.persist();
+        throw std::move(failure);
       }
     }
     variable_list out{dx};
