@@ -22,6 +22,7 @@
 #include "autograd_node.h"
 
 #include <algorithm>
+#include <mutex>
 #include <vector>
 
 extern "C" {
@@ -224,7 +225,8 @@ struct Conv2dBackward : public torch::autograd::Node {
 
   std::string name() const override { return "BnlabConv2dBackward"; }
 
-  void release_variables() override {
+  void release_variables() override {  // (Node's mutex_: see apply)
+    std::lock_guard<std::mutex> lock(mutex_);
     x.reset_data();
     weight.reset_data();
   }
@@ -233,7 +235,13 @@ struct Conv2dBackward : public torch::autograd::Node {
     const Tensor& dy = grads[0];
     const size_t n_out = 2 + has_bias;
     if (!dy.defined()) return torch::autograd::variable_list(n_out);
-    const Tensor xv = x.unpack(), w = weight.unpack();
+    Tensor xv, w;
+    {
+      // Another thread's backward through this node may release the saved inputs meanwhile.
+      std::lock_guard<std::mutex> lock(mutex_);
+      xv = x.unpack();
+      w = weight.unpack();
+    }
     const bool need_dx = task_should_compute_output(0), need_dw = task_should_compute_output(1);
     const bool need_db = has_bias && task_should_compute_output(2);
     Tensor dx, dw, db;

@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -137,7 +138,10 @@ struct BatchNormBackward : public torch::autograd::Node {
 
   std::string name() const override { return "BnlabBatchNormBackward"; }
 
+  // Node's mutex_ guards the saved state, as in torch's generated nodes: another thread's
+  // backward through this node may release it (retain_graph=False) while this one unpacks.
   void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
     x.reset_data();
     weight.reset_data();
     bias.reset_data();
@@ -149,9 +153,15 @@ struct BatchNormBackward : public torch::autograd::Node {
     Tensor dy = grads[0];
     const size_t n_out = 1 + has_weight + has_bias;
     if (!dy.defined()) return torch::autograd::variable_list(n_out);
-    Tensor xv = x.unpack();
-    Tensor w = weight.unpack();
-    Tensor b = activation == kActNone ? Tensor() : bias.unpack();
+    Tensor xv, w, b, m, inv;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      xv = x.unpack();
+      w = weight.unpack();
+      b = activation == kActNone ? Tensor() : bias.unpack();
+      m = mean;
+      inv = invstd;
+    }
     const bool need_dx = task_should_compute_output(0);
     const bool need_dw = has_weight && task_should_compute_output(1);
     const bool need_db = has_bias && task_should_compute_output(has_weight ? 2 : 1);
@@ -162,15 +172,15 @@ struct BatchNormBackward : public torch::autograd::Node {
                                      c10::nullopt);
       }
       auto g = activation == kActNone
-                   ? differentiable_grads(dy, xv, mean, invstd, w, training, eps, need_dx,
+                   ? differentiable_grads(dy, xv, m, inv, w, training, eps, need_dx,
                                           need_dw, need_db)
-                   : differentiable_grads_act(dy, xv, mean, invstd, w, b, activation, training,
+                   : differentiable_grads_act(dy, xv, m, inv, w, b, activation, training,
                                               eps, need_dx, need_dw, need_db);
       dx = g[0], dw = g[1], db = g[2];
     } else {
       auto wo = w.defined() ? c10::optional<Tensor>(w) : c10::nullopt;
       auto bo = b.defined() ? c10::optional<Tensor>(b) : c10::nullopt;
-      std::tie(dx, dw, db) = backward_act(dy, xv, mean, invstd, wo, bo, activation, training,
+      std::tie(dx, dw, db) = backward_act(dy, xv, m, inv, wo, bo, activation, training,
                                           need_dx, need_dw, need_db, pool);
     }
     torch::autograd::variable_list out{dx};

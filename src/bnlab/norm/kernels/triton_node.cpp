@@ -15,6 +15,7 @@
 #include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <mutex>
 #include <string>
 
 #include "autograd_node.h"
@@ -45,7 +46,10 @@ struct TritonBatchNormBackward : public torch::autograd::Node {
 
   std::string name() const override { return "BnlabTritonBatchNormBackward"; }
 
+  // Node's mutex_ guards the saved state, as in torch's generated nodes: another thread's
+  // backward through this node may release it (retain_graph=False) while this one unpacks.
   void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
     x.reset_data();
     weight.reset_data();
     bias.reset_data();
@@ -57,9 +61,14 @@ struct TritonBatchNormBackward : public torch::autograd::Node {
     const Tensor& dy = grads[0];
     if (!dy.defined()) return variable_list(n_out);
     // Unpacked before Python runs: a released or modified saved tensor raises torch's error.
-    Tensor xv = x.unpack();
-    Tensor wv = weight.unpack();
-    Tensor bv = bias.unpack();
+    Tensor xv, wv, bv, st;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      xv = x.unpack();
+      wv = weight.unpack();
+      bv = bias.unpack();
+      st = stats;
+    }
     const bool need_dx = task_should_compute_output(0);
     const bool need_dw = has_weight && task_should_compute_output(1);
     const bool need_db = has_bias && task_should_compute_output(has_weight ? 2 : 1);
@@ -68,7 +77,7 @@ struct TritonBatchNormBackward : public torch::autograd::Node {
       py::gil_scoped_acquire gil;
       try {
         py::object out = py::reinterpret_borrow<py::object>(g_backward)(
-            dy, xv, tensor_or_none(wv), tensor_or_none(bv), stats, training, activation,
+            dy, xv, tensor_or_none(wv), tensor_or_none(bv), st, training, activation,
             need_dx, need_dw, need_db, eps);
         py::tuple grads_out = out.cast<py::tuple>();
         dx = tensor_or_undefined(grads_out[0]);
