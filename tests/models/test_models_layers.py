@@ -268,3 +268,18 @@ def test_traces_hold_torchs_ops_not_bnlabs(ops, cops):
     torch.testing.assert_close(traced(x), model(x))
     graph = torch.fx.symbolic_trace(model)
     torch.testing.assert_close(graph(x), model(x))
+
+
+def test_batched_gradients_equal_torchs(ops, cops):
+    # autograd.grad(is_grads_batched=True) hands the kernels' backward batched gradients
+    # (wrappers without storage of their own): torch's ops take those.
+    model = lenet("none").train()
+    twin = _twin(model).train()
+    x = torch.randn(2, 1, 28, 28, requires_grad=True)
+    seeds = torch.randn(3, 2, 10)
+    grads = [torch.autograd.grad(m(x), (x, m[0].weight), seeds, is_grads_batched=True)
+             for m in (model, twin)]
+    assert model[0](x).grad_fn.name() == "BnlabConv2dBackward"
+    for ours, theirs in zip(*grads):
+        assert ours.shape[0] == 3
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)

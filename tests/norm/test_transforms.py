@@ -112,3 +112,22 @@ def test_jit_trace_records_the_tensor_ops_not_bnlabs_library():
     traced = torch.jit.trace(layer, x)
     assert "bnlab::" not in str(traced.inlined_graph)  # runs where bnlab's library is not
     torch.testing.assert_close(traced(x), layer(x))
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("training", [True, False])
+def test_batched_gradients_equal_torchs(activation, training, kernel):
+    # autograd.grad(is_grads_batched=True) (as jacobian(..., vectorize=True) uses) hands the
+    # backward batched gradients, wrappers the kernels cannot read: they take tensor ops.
+    ours, theirs = pair(training)
+    ours.activation = activation  # (a setting, not state)
+    act = {None: lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid}[activation]
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    seeds = torch.randn(2, 4, 3, 5, 5)
+    y = ours(x)
+    assert kernel == "reference" or "Bnlab" in y.grad_fn.name()  # the kernels' own node
+    got = torch.autograd.grad(y, (x, ours.weight, ours.bias), seeds, is_grads_batched=True)
+    want = torch.autograd.grad(act(theirs(x)), (x, theirs.weight, theirs.bias), seeds,
+                               is_grads_batched=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -25,6 +25,7 @@ from .autograd import apply_statistics, closed_form_grads, reduce_dims
 from .gpu_plan import plan
 from .kernels import triton_node
 
+_has_storage = torch._C._has_storage
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ACT_CODES = {None: 0, "relu": 1, "sigmoid": 2}
 _ACTIVATIONS = tuple(_ACT_CODES)  # by code
@@ -204,9 +205,11 @@ def backward(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
 def _backward(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
               stats: Tensor, batch_statistics: bool, activation: str | None, eps: float,
               needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
-    """Backward on the kernels; when it is itself differentiated (double backward), the
-    reference's closed form with differentiable tensor ops instead."""
-    if torch.is_grad_enabled():
+    """Backward on the kernels; when it is itself differentiated (double backward) or ``dy``
+    has no storage for them to read (batched gradients, as ``autograd.grad(...,
+    is_grads_batched=True)`` passes: wrappers), the reference's closed form with
+    differentiable tensor ops instead (they batch)."""
+    if torch.is_grad_enabled() or not _has_storage(dy):
         return _differentiable_backward(dy, x, weight, bias, stats[0], stats[1],
                                         batch_statistics, activation, eps, needs)
     return backward(dy, x, weight, bias, stats, batch_statistics, activation, needs)

@@ -245,8 +245,9 @@ struct Conv2dBackward : public torch::autograd::Node {
     const bool need_dx = task_should_compute_output(0), need_dw = task_should_compute_output(1);
     const bool need_db = has_bias && task_should_compute_output(2);
     Tensor dx, dw, db;
-    if (at::GradMode::is_enabled()) {
-      // Differentiable (double backward): the same gradients as ATen convolutions.
+    if (at::GradMode::is_enabled() || !dy.has_storage()) {
+      // Differentiable (double backward) or batched gradients (is_grads_batched): the same
+      // gradients as ATen convolutions, with ATen's batching rules.
       if (need_dx) dx = at::conv_transpose2d(dy, w);
       if (need_dw) dw = at::conv2d(xv.transpose(0, 1), dy.transpose(0, 1)).transpose(0, 1);
       if (need_db) db = dy.sum({0, 2, 3});

@@ -114,8 +114,9 @@ struct AvgPool2x2Backward : public torch::autograd::Node {
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
     const Tensor& g = grads[0];
     if (!g.defined() || !task_should_compute_output(0)) return {Tensor()};
-    if (at::GradMode::is_enabled()) {
-      // Differentiable (double backward): torch's own op, which only reads the input's shape.
+    if (at::GradMode::is_enabled() || !g.has_storage()) {
+      // Differentiable (double backward) or batched gradients (is_grads_batched): torch's
+      // own op, which only reads the input's shape.
       Tensor like = at::empty(input_size, g.options());
       return {at::avg_pool2d_backward(g, like, {2, 2}, {2, 2}, {0, 0}, false, true,
                                       c10::nullopt)};

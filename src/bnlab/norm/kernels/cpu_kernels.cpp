@@ -166,7 +166,10 @@ struct BatchNormBackward : public torch::autograd::Node {
     const bool need_dw = has_weight && task_should_compute_output(1);
     const bool need_db = has_bias && task_should_compute_output(has_weight ? 2 : 1);
     Tensor dx, dw, db;
-    if (at::GradMode::is_enabled()) {
+    // Differentiable ATen ops when this backward is itself differentiated, or when the
+    // gradient has no storage of its own for the kernels to read: batched gradients
+    // (autograd.grad(is_grads_batched=True), vmap) are wrappers, ATen ops batch them.
+    if (at::GradMode::is_enabled() || !dy.has_storage()) {
       if (pool == 2) {  // the pooling's own gradient, differentiable too
         dy = at::avg_pool2d_backward(dy, xv, {2, 2}, {2, 2}, {0, 0}, false, true,
                                      c10::nullopt);
