@@ -111,3 +111,26 @@ def test_conversion_keeps_or_refuses_the_activation():
     ref = torch.sigmoid(F.batch_norm(synced[0](x), None, None, synced[1].weight,
                                      synced[1].bias, True))
     torch.testing.assert_close(synced(x), ref)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_double_backward_keeps_the_bias_in_the_graph_as_torch_does(activation, kernel):
+    # With a fixed output gradient, relu's bias enters the first-order gradients only
+    # through relu's mask: torch's relu still links it (a zero derivative), so asking for it
+    # gives zeros, not "not used in the graph".
+    gen = torch.Generator().manual_seed(1)
+    data = (torch.randn(6, 3, 4, generator=gen), torch.rand(3, generator=gen) + 0.5,
+            torch.randn(3, generator=gen))
+    dy = torch.randn(6, 3, 4, generator=gen)
+    results = []
+    for use_torch in (False, True):
+        x, w, b = (t.clone().requires_grad_() for t in data)
+        if use_torch:
+            act = torch.relu if activation == "relu" else torch.sigmoid
+            y = act(torch.nn.functional.batch_norm(x, None, None, w, b, True))
+        else:
+            y = BF.batch_norm(x, None, None, w, b, True, activation=activation)
+        gx, gw = torch.autograd.grad(y, (x, w), dy, create_graph=True)
+        results.append(torch.autograd.grad(gx.pow(2).sum() + gw.pow(2).sum(), (x, w, b)))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)

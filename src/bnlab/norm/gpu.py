@@ -256,12 +256,12 @@ def _differentiable_backward(dy, x, weight, bias, mean, invstd, batch_statistics
             var, m = torch.var_mean(xc, dim=reduce_dims(x), correction=0)
             inv = torch.rsqrt(var + eps)
         pre = apply_statistics(xc, m, inv, weight, bias)
-        if activation == "relu":
-            slope = (pre > 0).to(pre.dtype)
+        if activation == "relu":  # torch's relu gradient: differentiable (zero) in pre too
+            dz = torch.ops.aten.threshold_backward(dy.to(pre.dtype), pre, 0)
         else:
             sig = torch.sigmoid(pre)
-            slope = sig * (1 - sig)
-        dy = (dy.to(pre.dtype) * slope).to(dy.dtype)
+            dz = dy.to(pre.dtype) * (sig * (1 - sig))
+        dy = dz.to(dy.dtype)
     return closed_form_grads(dy, x, mean, invstd, weight, eps, batch_statistics, needs,
                              None if bias is None else bias.dtype)
 

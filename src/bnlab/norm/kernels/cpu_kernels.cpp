@@ -117,7 +117,9 @@ std::vector<Tensor> differentiable_grads_act(const Tensor& dy, const Tensor& x, 
   if (bias.defined()) z = z + bias.view(shape);
   Tensor dz;
   if (act == kActRelu) {
-    dz = dy * (z > 0).to(dy.scalar_type());
+    // torch's own relu gradient: differentiable in z too (zero), so the bias stays in the
+    // graph of a double backward, as with torch.relu.
+    dz = at::threshold_backward(dy, z, 0);
   } else {
     Tensor sig = at::sigmoid(z);
     dz = dy * sig * (1 - sig);
