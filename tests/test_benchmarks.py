@@ -97,9 +97,20 @@ def test_host_benchmark_times_each_path_it_names(capsys):
 
     if gpu._node() is None:
         pytest.skip(f"the Triton path's C++ node is not built here: {gpu.node_status()}")
+    threads = torch.get_num_threads()
     host.main(["--rounds", "1", "--iters", "3"])  # raises if a row ran another path
+    assert torch.get_num_threads() == threads  # (it times on one thread, then restores)
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| bnlab") or
             line.startswith("| torch")]
     assert [r.split(" | ")[0][2:] for r in rows] == list(host.ROWS)
     assert rows[-1].endswith("| 1.00 |")
+
+
+def test_host_benchmark_skips_where_the_node_is_not_built(capsys, monkeypatch):
+    from benchmarks import host
+    from bnlab.norm import gpu
+
+    monkeypatch.setattr(gpu, "_node", lambda: None)
+    host.main(["--rounds", "1", "--iters", "3"])  # (python -m benchmarks goes on after it)
+    assert capsys.readouterr().out.startswith("skipped: the Triton path's C++ node")

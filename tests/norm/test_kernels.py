@@ -108,11 +108,12 @@ def test_the_kernel_setting_follows_a_replaced_environment(monkeypatch):
     assert kernel_setting() == "reference"
 
 
-@pytest.mark.parametrize("path", ["triton", "fused", "conv"])
+@pytest.mark.parametrize("path", ["triton", "fused"])
 def test_concurrent_backward_through_one_node_releases_its_tensors_safely(path, kernel):
     # Each C++ node guards its saved tensors with the node's mutex, as torch's own nodes do:
     # unguarded, one thread read tensors the other was releasing (wrong errors, then a
-    # segfault at exit, within 1,000 rounds).
+    # segfault at exit, within 1,000 rounds). (LeNet's conv node has the same guard; its
+    # window proved too narrow to hit this way, so it is not run here.)
     if kernel != "reference":
         pytest.skip("runs once (under the reference parametrisation)")
     if cpu_ops() is None:

@@ -125,7 +125,8 @@ def test_batched_gradients_equal_torchs(activation, training, kernel):
     x = torch.randn(4, 3, 5, 5, requires_grad=True)
     seeds = torch.randn(2, 4, 3, 5, 5)
     y = ours(x)
-    assert kernel == "reference" or "Bnlab" in y.grad_fn.name()  # the kernels' own node
+    # the kernels' own node (or the Triton path's Function where its node is not built)
+    assert kernel == "reference" or y.grad_fn.name().startswith(("Bnlab", "TritonBatchNorm"))
     got = torch.autograd.grad(y, (x, ours.weight, ours.bias), seeds, is_grads_batched=True)
     want = torch.autograd.grad(act(theirs(x)), (x, theirs.weight, theirs.bias), seeds,
                                is_grads_batched=True)

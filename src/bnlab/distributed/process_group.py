@@ -61,7 +61,8 @@ def init_distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
     except _RENDEZVOUS_ERRORS as err:
         raise DistributedSetupError(
             f"rank {info.rank} of {info.world_size} could not join the process group at "
-            f"{info.master_addr}:{info.master_port} (timeout {timeout_s:g} s): {err}; "
+            f"{info.master_addr}:{info.master_port} (timeout {timeout_s:g} s): "
+            f"{str(err).rstrip('.')}; "
             f"{_LIKELY_CAUSE}") from err
     return info
 
