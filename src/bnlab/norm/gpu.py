@@ -5,7 +5,11 @@ each (partial sums over parts of every channel, then the normalization that comb
 when it is not. Statistics, the running-stat update, the batch counter, the affine
 transform and the activation all happen inside those launches. Same contract and saved
 tensors as the reference :class:`~bnlab.norm.autograd.BatchNormFunction`; double backward
-uses the reference's differentiable closed form.
+(and batched gradients) use the reference's differentiable closed form.
+
+The autograd node is C++ (``kernels/triton_node.cpp``: the launches stay here, the node
+calls back into :func:`_node_backward`), for less host time per call than an autograd
+Function; :class:`TritonBatchNormFunction` runs where that node cannot be built.
 
 Triton is imported on first use, so bnlab runs without it; under ``TRITON_INTERPRET=1``
 the same kernels run on CPU tensors (slowly: the tests use this to check them anywhere).
