@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
 from types import SimpleNamespace
 from unittest import mock
 
@@ -27,6 +26,7 @@ from torch import nn
 import bnlab
 from bnlab.norm import gpu
 
+from .gpu import step_fn
 from .timing import time_call
 
 SHAPE = (4, 3)
@@ -38,14 +38,6 @@ def _no_op_kernels() -> SimpleNamespace:
     names = ["planar_sums", "planar_forward", "planar_grad_sums", "planar_backward",
              "rows_sums", "rows_forward", "rows_grad_sums", "rows_backward"]
     return SimpleNamespace(PARTIALS=0, LOCAL=1, RUNNING=2, **dict.fromkeys(names, no_op))
-
-
-def _step(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], None]:
-    def step() -> None:
-        x.grad = None
-        layer(x).backward(dy)
-
-    return step
 
 
 # Each row: the kernel setting, whether the Triton path may use its C++ node, and the
@@ -71,7 +63,7 @@ def measure(rounds: int, iters: int = 2000) -> dict[str, tuple[float, float]]:
                 if round_ == 0 and layer(x).grad_fn.name() != node_name:
                     raise AssertionError(f"{name}: took {layer(x).grad_fn.name()}")
                 forward = time_call(lambda m=layer: m(x), iters)
-                step = time_call(_step(layer, x, dy), iters)
+                step = time_call(step_fn(layer, x, dy), iters)
             best[name][0] = min(best[name][0], forward * 1e6)
             best[name][1] = min(best[name][1], step * 1e6)
     return {name: (f, s) for name, (f, s) in best.items()}

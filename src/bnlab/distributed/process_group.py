@@ -21,6 +21,12 @@ __all__ = ["DEFAULT_TIMEOUT_S", "backend_for", "cleanup", "init_distributed"]
 DEFAULT_TIMEOUT_S = 120.0
 MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: beyond it no wait is a wait, and timedelta overflows
 
+# torch's rendezvous failures (timeouts, unreachable or busy addresses) are DistErrors.
+_RENDEZVOUS_ERRORS = getattr(dist, "DistError", RuntimeError)
+_LIKELY_CAUSE = ("check that every rank started with the same MASTER_ADDR, MASTER_PORT and "
+                 "WORLD_SIZE, that rank 0 can listen on that port (not in use by another run) "
+                 "and the others can reach it")
+
 
 def backend_for(device: torch.device | str | None = None) -> str:
     """"nccl" for CUDA devices (None: when CUDA is available and nccl is built), else "gloo"."""
@@ -66,12 +72,6 @@ def init_distributed(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S
             f"{_LIKELY_CAUSE}") from err
     return info
 
-
-# torch's rendezvous failures (timeouts, unreachable or busy addresses) are DistErrors.
-_RENDEZVOUS_ERRORS = getattr(dist, "DistError", RuntimeError)
-_LIKELY_CAUSE = ("check that every rank started with the same MASTER_ADDR, MASTER_PORT and "
-                 "WORLD_SIZE, that rank 0 can listen on that port (not in use by another run) "
-                 "and the others can reach it")
 
 
 def cleanup() -> None:
