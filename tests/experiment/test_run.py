@@ -68,6 +68,8 @@ def test_resume_after_an_interruption_ends_bitwise_identical(tiny_data, tmp_path
     monkeypatch.setattr(run_module, "write_metrics", crash_after_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         run_training(config(tiny_data, epochs=3), tmp_path / "cut", progress=False)
+    # the interrupted run still plotted its two completed epochs
+    assert (tmp_path / "cut" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     monkeypatch.setattr(run_module, "write_metrics", real_write)
     resumed = run_training(config(tiny_data, epochs=3), tmp_path / "cut", resume=True,
                            progress=False)

@@ -5,7 +5,7 @@ Output directory layout::
     OUT/checkpoint/     model + optimizer (safetensors), run state (JSON); every epoch
     OUT/metrics.csv     one row per completed epoch
     OUT/metrics.json    {"config": ..., "history": [...], "summary": {...}}
-    OUT/curves.png      loss and accuracy per epoch
+    OUT/curves.png      loss and accuracy per epoch (also when a run stops early)
 
 A resumed run continues after the last completed epoch and ends bitwise-identical to an
 uninterrupted one: weights, optimizer state and RNG states come from the checkpoint, and the
@@ -14,6 +14,7 @@ data order is a pure function of (seed, epoch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections.abc import Callable
@@ -227,13 +228,23 @@ def _train(
         })
         _writing(out, lambda: write_metrics(out, config, history))
 
-    train_classify(
-        net, train_loader, test_loader, optimizer, torch.nn.CrossEntropyLoss(), config.epochs,
-        device=device, progress=progress, start_epoch=done + 1, on_epoch_end=on_epoch_end,
-        max_steps=config.max_steps, distributed=distributed,
-    )
-    if len(history) and main:
-        _writing(out, lambda: plot_curves(
-            history, out / "curves.png",
-            title=f"{config.model}, norm={config.norm}, seed={config.seed}"))
+    def write_curves() -> None:
+        if len(history) and main:
+            _writing(out, lambda: plot_curves(
+                history, out / "curves.png",
+                title=f"{config.model}, norm={config.norm}, seed={config.seed}"))
+
+    try:
+        train_classify(
+            net, train_loader, test_loader, optimizer, torch.nn.CrossEntropyLoss(),
+            config.epochs, device=device, progress=progress, start_epoch=done + 1,
+            on_epoch_end=on_epoch_end, max_steps=config.max_steps, distributed=distributed,
+        )
+    except BaseException:
+        # A run stopped early (Ctrl-C, a failed epoch) still leaves the curves of the epochs
+        # it completed beside their metrics; the original error is what propagates.
+        with contextlib.suppress(Exception):
+            write_curves()
+        raise
+    write_curves()
     return RunResult(config, history, model, out, count_parameters(model), done)
