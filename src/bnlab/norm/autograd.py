@@ -52,12 +52,26 @@ def apply_statistics(
     return y.to(x.dtype)
 
 
-class BatchNormFunction(torch.autograd.Function):
+def _save_for_backward(ctx, inputs: tuple) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Save what backward needs on ``ctx`` (``inputs`` are ``forward``'s); returns the
+    saved tensors ``(x, mean, invstd, weight)``."""
+    x, mean, var, weight, bias, eps, batch_statistics = inputs
+    # Saved: the input (kept alive by most producers anyway; torch's kernel saves it too)
+    # and the two (C,) statistics; x_hat, y and every temporary are recomputed.
+    saved = (x, mean, torch.rsqrt(var + eps), weight)
+    ctx.save_for_backward(*saved)
+    ctx.eps = eps
+    ctx.batch_statistics = batch_statistics
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    return saved
+
+
+class BatchNormVjpFunction(torch.autograd.Function):
     """``y = (x - mean) * rsqrt(var + eps) * weight + bias``; see the module docstring.
 
     ``mean``/``var`` (C,) are in the compute dtype; ``weight``/``bias`` (C,) or None.
-    Reverse mode (``backward``), forward mode (``jvp``) and ``torch.func`` transforms
-    (``vmap`` by the generated rule) are supported.
+    Reverse mode only: this is the form ``torch.compile`` traces (Dynamo does not trace a
+    Function with a custom ``jvp``); eager code uses :class:`BatchNormFunction`.
     """
 
     generate_vmap_rule = True
@@ -68,15 +82,7 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, mean, var, weight, bias, eps, batch_statistics = inputs
-        invstd = torch.rsqrt(var + eps)
-        # Saved: the input (kept alive by most producers anyway; torch's kernel saves it
-        # too) and the two (C,) statistics; x_hat, y and every temporary are recomputed.
-        ctx.save_for_backward(x, mean, invstd, weight)
-        ctx.save_for_forward(x, mean, invstd, weight)
-        ctx.eps = eps
-        ctx.batch_statistics = batch_statistics
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        _save_for_backward(ctx, inputs)
 
     @staticmethod
     def backward(ctx, dy):
@@ -87,6 +93,15 @@ class BatchNormFunction(torch.autograd.Function):
             (need_x, need_w, need_b), ctx.bias_dtype,
         )
         return dx, None, None, dweight, dbias, None, None
+
+
+class BatchNormFunction(BatchNormVjpFunction):
+    """:class:`BatchNormVjpFunction` with forward mode too: reverse mode (``backward``),
+    forward mode (``jvp``) and ``torch.func`` transforms (``vmap`` by the generated rule)."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_forward(*_save_for_backward(ctx, inputs))
 
     @staticmethod
     def jvp(ctx, dx, dmean, dvar, dweight, dbias, _eps, _batch_statistics):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .autograd import BatchNormFunction, compute_dtype, reduce_dims
+from .autograd import BatchNormFunction, BatchNormVjpFunction, compute_dtype, reduce_dims
 from .fused import ACTIVATIONS, fused_batch_norm, fused_poolable, select_kernel
 from .gpu import triton_batch_norm
 
@@ -103,7 +103,8 @@ def normalize(
     ``batch_statistics`` says whether they are the statistics of ``x`` itself (training:
     gradients flow through them) or constants (evaluation with running statistics).
     """
-    return BatchNormFunction.apply(x, mean, var, weight, bias, eps, batch_statistics)
+    function = BatchNormVjpFunction if torch.compiler.is_compiling() else BatchNormFunction
+    return function.apply(x, mean, var, weight, bias, eps, batch_statistics)
 
 
 class MixedDtypeError(ValueError, RuntimeError):
