@@ -43,6 +43,20 @@ def test_eval_reproduces_the_last_test_accuracy(trained, capsys):
     assert f"test acc {last_acc:.2f}%" in ev
 
 
+def test_eval_says_how_many_images_and_the_runs_limit(tiny_data, tmp_path, capsys):
+    out = tmp_path / "limited"
+    code, stdout, _ = run(capsys, "train", "--data-dir", str(tiny_data), *QUICK,
+                          "--limit", "64", "--out", str(out))
+    assert code == 0, stdout
+    last_acc = float(stdout.split("test acc: ")[-1].split()[0])
+    code, ev, _ = run(capsys, "eval", str(out), "--device", "cpu")
+    assert code == 0 and "test images)" in ev
+    assert "trained and tested with --limit 64; pass --limit 64" in ev
+    code, ev, _ = run(capsys, "eval", str(out), "--device", "cpu", "--limit", "64")
+    assert code == 0 and "--limit" not in ev
+    assert f"test acc {last_acc:.2f}% (64 test images)" in ev
+
+
 def test_inspect_shows_each_bn_layer(trained, capsys):
     out, _ = trained
     code, text, _ = run(capsys, "inspect", str(out / "checkpoint"))

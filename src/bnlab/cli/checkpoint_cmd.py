@@ -68,8 +68,13 @@ def run_eval(args: argparse.Namespace) -> int:
     _, test_loader = load_data_fashion_mnist(args.batch_size, root=data_dir, device=device,
                                              download=download, limit=args.limit)
     result = evaluate(model, test_loader, torch.nn.CrossEntropyLoss(), device=device)
+    images = len(test_loader.labels)
     print(f"{path}: {config.model} norm={config.norm}, epoch {state['epoch']}: "
-          f"test loss {result.loss:.4f}, test acc {result.acc:.2f}%")
+          f"test loss {result.loss:.4f}, test acc {result.acc:.2f}% ({images} test images)")
+    if config.limit is not None and args.limit != config.limit:
+        # Otherwise the accuracy looks like a contradiction of the run's metrics.json.
+        print(f"(the run was trained and tested with --limit {config.limit}; "
+              f"pass --limit {config.limit} to evaluate on the same test images)")
     return 0
 
 
