@@ -33,6 +33,22 @@ def test_functional_channel_mismatch():
         BF.batch_norm(torch.randn(2, 4), torch.zeros(3), torch.ones(3), training=True)
 
 
+@pytest.mark.parametrize("layers, call", [
+    ((torch.nn.BatchNorm1d, bnlab.BatchNorm1d), lambda layer, F: layer(3)(torch.randn(4, 5))),
+    ((None, None), lambda layer, F: F.batch_norm(torch.randn(4, 3), torch.zeros(3),
+                                                 torch.ones(3), torch.ones(4))),
+    ((None, None), lambda layer, F: F.batch_norm(torch.randn(4, 3), None, None)),
+], ids=["module channels", "weight size", "eval without running stats"])
+def test_errors_torch_raises_as_runtime_error_are_runtime_errors_too(layers, call):
+    # code written for torch's layers catches RuntimeError; bnlab's own callers ValueError
+    with pytest.raises(RuntimeError):
+        call(layers[0], torch.nn.functional)
+    with pytest.raises(RuntimeError) as caught:
+        call(layers[1], BF)
+    assert isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, bnlab.norm.BatchNormArgumentError)
+
+
 @pytest.mark.parametrize("cls, shape", [(bnlab.BatchNorm1d, (1, 3)),
                                         (bnlab.BatchNorm2d, (1, 3, 1, 1)),
                                         (bnlab.BatchNorm1d, (1, 3, 1))])

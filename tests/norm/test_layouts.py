@@ -68,3 +68,34 @@ def test_planar_splits_agree_with_more_samples_than_threads_and_fewer(training, 
         dy = torch.randn(shape, dtype=torch.float64)
         assert_step_matches(ours, nn.Sequential(theirs, nn.Sigmoid()), x, dy, 1e-10, 1e-9)
         torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-9, atol=1e-10)
+
+
+def test_odd_strided_input_gives_a_contiguous_output_as_torchs(kernel):
+    x = torch.randn(5, 4, 3, 6).permute(0, 2, 1, 3)  # neither contiguous nor channels-last
+    dy = torch.randn(5, 3, 4, 6)
+    ours, theirs = bnlab.BatchNorm2d(3), nn.BatchNorm2d(3)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    assert ya.stride() == yb.stride() and ya.is_contiguous()
+    ya.backward(dy)
+    yb.backward(dy)
+    torch.testing.assert_close(ya, yb)
+    torch.testing.assert_close(xa.grad, xb.grad)
+
+
+def test_per_channel_tensors_of_another_shape_with_c_elements(kernel):
+    # torch's forward takes any weight/bias with C elements (its backward only (C,) ones)
+    x = torch.randn(4, 3, 5)
+    w, b = torch.linspace(0.5, 2, 3), torch.linspace(-1, 1, 3)
+    expected = torch.nn.functional.batch_norm(x, None, None, w.reshape(3, 1),
+                                              b.reshape(1, 3), True)
+    grads = []
+    for shapes in (((3, 1), (1, 3)), ((3,), (3,))):
+        wa = w.reshape(shapes[0]).clone().requires_grad_()
+        ba = b.reshape(shapes[1]).clone().requires_grad_()
+        y = bnlab.functional.batch_norm(x, None, None, wa, ba, True)
+        torch.testing.assert_close(y, expected)
+        (y * torch.arange(5.0)).sum().backward()
+        assert wa.grad.shape == shapes[0] and ba.grad.shape == shapes[1]
+        grads.append((wa.grad.reshape(-1), ba.grad.reshape(-1)))
+    torch.testing.assert_close(grads[0], grads[1])

@@ -78,6 +78,34 @@ def test_torch_func_grad_in_training_without_running_stats():
     torch.testing.assert_close(g[0], g[1])
 
 
+def test_vmap_in_training_with_unbatched_running_stats_is_refused_before_any_update():
+    ours, theirs = pair(True)
+    x = torch.randn(2, 4, 3, 5, 5)  # vmapped over dim 0: two (4, 3, 5, 5) batches
+    before = copy.deepcopy(ours.state_dict())
+    for layer in (ours, theirs):
+        with pytest.raises(RuntimeError, match="batched"):
+            vmap(layer)(x)
+    for key in ("running_mean", "running_var"):
+        torch.testing.assert_close(ours.state_dict()[key], before[key], rtol=0, atol=0)
+        torch.testing.assert_close(ours.state_dict()[key], theirs.state_dict()[key])
+
+
+def test_vmap_in_training_with_batched_running_stats_updates_each_like_torch():
+    ours, theirs = pair(True)
+    x = torch.randn(2, 4, 3, 5, 5)
+    results = []
+    for layer in (ours, theirs):
+        stats = {name: getattr(layer, name).expand(2, 3).clone()
+                 for name in ("running_mean", "running_var")}
+        out = vmap(lambda inp, buffers, layer=layer: functional_call(layer, buffers, (inp,)))(
+            x, stats)
+        results.append((out, stats))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for key in ("running_mean", "running_var"):
+        torch.testing.assert_close(results[0][1][key], results[1][1][key])
+    assert not torch.equal(results[0][1]["running_mean"][0], results[0][1]["running_mean"][1])
+
+
 def test_an_eval_output_can_be_differentiated_after_a_training_step():
     layer = bnlab.BatchNorm2d(3).eval()
     x = torch.randn(4, 3, 2, 2, requires_grad=True)

@@ -28,6 +28,17 @@ def channel_view(t: Tensor, like: Tensor) -> Tensor:
     return t.reshape((1, -1) + (1,) * (like.dim() - 2))
 
 
+def channels_last_format(x: Tensor) -> torch.memory_format | None:
+    """channels_last (4-D) or channels_last_3d (5-D) where ``x`` is laid out so (and is not
+    also plain contiguous, as size-1 dims allow); else None."""
+    dim = x.dim()
+    if dim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if dim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype arithmetic runs in: float32 for half/bfloat16 input, else the input's."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -15,12 +15,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .autograd import BatchNormFunction, BatchNormVjpFunction, compute_dtype, reduce_dims
+from .autograd import (
+    BatchNormFunction,
+    BatchNormVjpFunction,
+    channels_last_format,
+    compute_dtype,
+    reduce_dims,
+)
 from .fused import ACTIVATIONS, fused_batch_norm, fused_poolable, select_kernel
 from .gpu import triton_batch_norm
 
 __all__ = ["batch_norm", "batch_stats", "normalize", "update_running_stats", "compute_dtype",
-           "check_activation", "apply_activation", "check_pool", "apply_pool", "check_input"]
+           "check_activation", "apply_activation", "check_pool", "apply_pool", "check_input",
+           "BatchNormArgumentError", "MixedDtypeError"]
 
 
 def check_activation(activation: str | None) -> None:
@@ -81,11 +88,27 @@ def update_running_stats(
     The running variance takes the unbiased batch variance, ``var * count / (count - 1)``.
     """
     mean, var = mean.detach(), var.detach()  # no forward-mode tangent into the buffers
-    if running_mean is not None:
-        running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-    if running_var is not None:
-        unbiased = var * (count / (count - 1))
-        running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    pairs = [(buffer, stat) for buffer, stat in
+             ((running_mean, mean), (running_var, var * (count / (count - 1))))
+             if buffer is not None]
+    for buffer, stat in pairs:
+        if _is_vmapped(stat) and not _is_vmapped(buffer):
+            raise RuntimeError(
+                "batch norm got a batched input under vmap while its running statistics, "
+                "which it would update in place, are not batched: use eval mode, "
+                "track_running_stats=False, or batched buffers (torch.func.functional_call)")
+    # Every new value first, then the copies: a failure leaves both buffers as they were.
+    new = [torch.add(buffer * (1.0 - momentum), stat.to(buffer.dtype), alpha=momentum)
+           for buffer, stat in pairs]
+    for (buffer, _), value in zip(pairs, new):
+        buffer.copy_(value)
+
+
+def _is_vmapped(t: Tensor) -> bool:
+    """Whether ``t`` is a tensor batched by ``torch.func.vmap`` (seen inside the vmapped
+    function)."""
+    is_batched = getattr(torch._C._functorch, "is_batchedtensor", None)
+    return bool(is_batched is not None and is_batched(t))
 
 
 def normalize(
@@ -107,9 +130,14 @@ def normalize(
     return function.apply(x, mean, var, weight, bias, eps, batch_statistics)
 
 
-class MixedDtypeError(ValueError, RuntimeError):
-    """Parameters or statistics of a dtype torch's batch norm refuses for the input's (a
-    ValueError like bnlab's other argument errors, and the RuntimeError torch raises)."""
+class BatchNormArgumentError(ValueError, RuntimeError):
+    """An argument torch's batch norm refuses with a RuntimeError (a channel count that does
+    not match the input's, no running statistics in evaluation): a ValueError like bnlab's
+    other argument errors, and the RuntimeError code written for torch's layers catches."""
+
+
+class MixedDtypeError(BatchNormArgumentError):
+    """Parameters or statistics of a dtype torch's batch norm refuses for the input's."""
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -155,7 +183,7 @@ def _check_args(
         ("bias", bias),
     ):
         if t is not None and t.numel() != channels:
-            raise ValueError(
+            raise BatchNormArgumentError(
                 f"channel mismatch: input has {channels} channels (dim 1 of shape "
                 f"{tuple(x.shape)}) but {name} has {t.numel()} elements"
             )
@@ -164,7 +192,8 @@ def _check_args(
         raise ValueError("running_mean and running_var must either both be None or neither be "
                          "None")
     if not training and running_mean is None:
-        raise ValueError("running_mean and running_var must be given when training=False")
+        raise BatchNormArgumentError(
+            "running_mean and running_var must be given when training=False")
     if training:
         count = x.numel() // channels if channels else 0
         if count == 1:
@@ -218,6 +247,12 @@ def batch_norm(
     Equal to ``F.avg_pool2d`` of the unpooled result (the same sums in the same order).
     """
     _check_args(input, running_mean, running_var, weight, bias, training, eps)
+    # Any shape with C elements, as torch's forward takes it: a (C,) view, so gradients
+    # come back in the parameter's own shape
+    if weight is not None and weight.dim() != 1:
+        weight = weight.reshape(-1)
+    if bias is not None and bias.dim() != 1:
+        bias = bias.reshape(-1)
     check_activation(activation)
     if pool is not None:
         check_pool(pool, input)
@@ -262,6 +297,8 @@ def _reference_batch_norm(
         if bias is not None:
             out = out + bias.reshape(-1)[:1].to(out.dtype).sum()
         return out
+    if not input.is_contiguous() and channels_last_format(input) is None:
+        input = input.contiguous()  # as torch's layers, whose output is then contiguous
     if training:
         mean, var = batch_stats(input)
         count = input.numel() // input.shape[1]

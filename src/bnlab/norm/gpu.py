@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from .autograd import apply_statistics, closed_form_grads, reduce_dims
+from .autograd import apply_statistics, channels_last_format, closed_form_grads, reduce_dims
 from .gpu_plan import plan
 from .kernels import triton_node
 
@@ -80,17 +80,6 @@ def node_status() -> str:
     return triton_node()[1]
 
 
-def _channels_last_format(x: Tensor) -> torch.memory_format | None:
-    """channels_last (4-D) or channels_last_3d (5-D) where ``x`` is laid out so (and is not
-    also plain contiguous, as size-1 dims allow); else None."""
-    dim = x.dim()
-    if dim == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if dim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return None
-
-
 def _kernel_shape(x: Tensor) -> tuple[int, int, int, torch.memory_format]:
     """``(n, c, s, format)``: the kernels see ``x`` as (n, c, s) in memory — planar (N, C,
     S) when contiguous, rows (N * S, C, 1) when channels-last — and ``format`` is the
@@ -98,7 +87,7 @@ def _kernel_shape(x: Tensor) -> tuple[int, int, int, torch.memory_format]:
     n, c = x.shape[0], x.shape[1]
     s = x.numel() // (n * c)
     if s > 1 and not x.is_contiguous():
-        return n * s, c, 1, _channels_last_format(x)
+        return n * s, c, 1, channels_last_format(x)
     return n, c, s, torch.contiguous_format
 
 
@@ -108,7 +97,7 @@ def triton_eligible(x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
     same device."""
     if x.dtype not in _DTYPES or type(x) not in (Tensor, torch.nn.Parameter):
         return False
-    if not x.is_contiguous() and _channels_last_format(x) is None:
+    if not x.is_contiguous() and channels_last_format(x) is None:
         return False
     if not (x.is_cuda or interpreting()):
         return False

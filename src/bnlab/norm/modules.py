@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import batch_norm, check_activation, check_pool
+from .functional import BatchNormArgumentError, batch_norm, check_activation, check_pool
 
 __all__ = ["BatchNormBase", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNorm"]
 
@@ -129,7 +129,7 @@ class BatchNormBase(nn.Module):
             return _traced_call(self, input)
         self._check_input_dim(input)
         if input.shape[1] != self.num_features:
-            raise ValueError(
+            raise BatchNormArgumentError(
                 f"{type(self).__name__}({self.num_features}) got input with "
                 f"{input.shape[1]} channels (shape {tuple(input.shape)}); expected "
                 f"{self.num_features} in dim 1"
