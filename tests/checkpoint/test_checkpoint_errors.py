@@ -166,6 +166,39 @@ def test_optimizer_over_other_parameters(saved):
     )
 
 
+def _tamper(optimizer, change):
+    if change == "exp_avg shape":
+        first = optimizer.param_groups[0]["params"][0]
+        optimizer.state[first]["exp_avg"] = torch.zeros(3)
+    elif change == "empty step":
+        first = optimizer.param_groups[0]["params"][0]
+        optimizer.state[first]["step"] = torch.zeros(0)
+    elif change == "lr string":
+        optimizer.param_groups[0]["lr"] = "fast"
+    elif change == "one beta":
+        optimizer.param_groups[0]["betas"] = (0.9,)
+
+
+@pytest.mark.parametrize("change, pattern", [
+    ("exp_avg shape", r"state\[0\]\.exp_avg has shape \(3,\), its parameter \(8, 6\)"),
+    ("empty step", r"state\[0\]\.step has 0 elements"),
+    ("lr string", r"param_groups\[0\]\.lr is 'fast', not number"),
+    ("one beta", r"param_groups\[0\]\.betas is \(0\.9,\), not 2 numbers"),
+])
+def test_optimizer_state_that_does_not_fit_is_refused(tmp_path, change, pattern):
+    # torch's load_state_dict checks none of these; the fused AdamW step wrote past the end
+    # of a short exp_avg (a crash), the others failed inside step()
+    model, optimizer = trained_pair()
+    _tamper(optimizer, change)
+    path = save_checkpoint(tmp_path / "ck", model=model, optimizer=optimizer,
+                           state={"epoch": 1})
+    fresh = make_model(0)
+    fresh_optimizer = make_optimizer(fresh)
+    before = fresh_optimizer.state_dict()
+    expect_error(path, pattern, model=fresh, optimizer=fresh_optimizer)
+    assert bitwise_equal(fresh_optimizer.state_dict(), before)
+
+
 def test_optimizer_or_scheduler_missing_from_checkpoint(tmp_path):
     model, optimizer = trained_pair()
     save_checkpoint(tmp_path / "ck", model=model)

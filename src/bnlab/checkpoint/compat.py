@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .errors import DAMAGED, CheckpointError
@@ -68,6 +69,73 @@ def check_owner(owner: Any, saved_class: str, tree: Any, kind: str, path: Path) 
             f"has parameter groups of sizes {sizes}; the optimizer's are {mine}",
             "build the optimizer over the same parameters as the run that saved it",
         )
+    problems = _hyperparameter_problems(owner, tree) + _state_problems(owner, tree)
+    if problems:
+        raise CheckpointError(path, "has optimizer state that does not fit the optimizer: "
+                              + _few(problems), DAMAGED)
+
+
+# Optimizers whose per-parameter state tensors have the parameter's shape (or one element,
+# like Adam's step): torch's load_state_dict checks no shape, and their fused and foreach
+# kernels trust them (a short exp_avg is written past its end).
+_ELEMENTWISE = tuple(getattr(torch.optim, name) for name in (
+    "SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta",
+    "ASGD", "Rprop") if hasattr(torch.optim, name))
+
+
+def _kind_of(value: Any) -> str:
+    """A hyperparameter's kind, for comparing a saved value with the optimizer's own."""
+    if value is None or isinstance(value, bool):
+        return "flag"  # (None: torch's "choose for me" for foreach/fused/capturable flags)
+    if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
+        return "number"
+    if isinstance(value, (tuple, list)):
+        return f"{len(value)} numbers" if all(_kind_of(v) == "number" for v in value) else "list"
+    return type(value).__name__
+
+
+def _hyperparameter_problems(owner: torch.optim.Optimizer, tree: Any) -> list[str]:
+    """Saved group settings whose kind differs from the optimizer's own (``lr`` a string,
+    ``betas`` one number): they would fail, or worse, inside ``step()``."""
+    problems = []
+    for index, (saved, group) in enumerate(zip(tree["param_groups"], owner.param_groups)):
+        if not isinstance(saved, dict):
+            return [f"param_groups[{index}] is not a mapping"]
+        for key, value in group.items():
+            if key == "params" or key not in saved:
+                continue
+            if _kind_of(saved[key]) != _kind_of(value):
+                problems.append(f"param_groups[{index}].{key} is {saved[key]!r}, "
+                                f"not {_kind_of(value)}")
+    return problems
+
+
+def _state_problems(owner: torch.optim.Optimizer, tree: Any) -> list[str]:
+    """Per-parameter state that does not belong to a parameter, or (for the optimizers in
+    ``_ELEMENTWISE``) a tensor of another shape than its parameter's."""
+    params = {}
+    for saved, group in zip(tree["param_groups"], owner.param_groups):
+        params.update(zip((str(i) for i in saved["params"]), group["params"]))
+    state = tree.get("state", {})
+    if not isinstance(state, dict):
+        return ["state is not a mapping"]
+    problems = []
+    for key, entry in state.items():
+        param = params.get(str(key))
+        if param is None or not isinstance(entry, dict):
+            problems.append(f"state[{key}] belongs to no parameter of the optimizer")
+            continue
+        if not isinstance(owner, _ELEMENTWISE):
+            continue
+        for name, value in entry.items():
+            if not isinstance(value, Tensor):
+                continue
+            if name == "step" and value.numel() != 1:
+                problems.append(f"state[{key}].step has {value.numel()} elements, not one")
+            elif value.shape != param.shape and value.numel() != 1:
+                problems.append(f"state[{key}].{name} has shape {tuple(value.shape)}, its "
+                                f"parameter {tuple(param.shape)}")
+    return problems
 
 
 def apply_state(owner: Any, state: Any, path: Path, kind: str) -> None:
