@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from tiny_fashion import write_tiny_fashion
 
 from bnlab.checkpoint import read_checkpoint_state
 from bnlab.experiment import RunError, TrainConfig, run_training
@@ -206,3 +207,10 @@ def test_a_non_finite_test_loss_stops_before_the_epoch_is_saved(tiny_data, tmp_p
     with pytest.raises(NonFiniteLossError, match="non-finite test loss"):
         run_training(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_images_the_model_cannot_take_are_refused_before_training(tiny_data, tmp_path):
+    other = write_tiny_fashion(tmp_path / "data32", n_train=64, n_test=32, size=32)
+    with pytest.raises(RunError, match="cannot take this data's 32x32 images .*28x28"):
+        run_training(config(tiny_data, data_dir=str(other)), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written

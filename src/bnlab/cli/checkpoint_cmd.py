@@ -11,6 +11,7 @@ from ..checkpoint import checkpoint_exists, load_checkpoint, read_checkpoint_sta
 from ..data import load_data_fashion_mnist
 from ..device import select_device
 from ..experiment import TrainConfig
+from ..experiment.preflight import check_model_takes_images
 from ..models import build_model
 from ..norm import is_batch_norm
 from ..train import evaluate
@@ -67,6 +68,7 @@ def run_eval(args: argparse.Namespace) -> int:
     download = config.download and (args.data_dir is not None or config.data_dir is None)
     _, test_loader = load_data_fashion_mnist(args.batch_size, root=data_dir, device=device,
                                              download=download, limit=args.limit)
+    check_model_takes_images(model, config.model, test_loader)
     result = evaluate(model, test_loader, torch.nn.CrossEntropyLoss(), device=device)
     images = len(test_loader.labels)
     print(f"{path}: {config.model} norm={config.norm}, epoch {state['epoch']}: "

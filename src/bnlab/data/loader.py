@@ -141,12 +141,14 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.batch_indices(self.epoch)
         self.epoch += 1
-        return (self._batch(index) for index in batches)
+        return (self.batch(index) for index in batches)
 
     def _batches(self, order: torch.Tensor) -> list[torch.Tensor]:
         return shard_batches(order, self.batch_size, self.rank, self.world_size, self.drop_last)
 
-    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples at ``index`` (int64, on the loader's device) as ``(X, y)``: X float32
+        (B, 1, H, W) in [0, 1] (resized when the loader resizes), y int64 (B,)."""
         x = self.images.index_select(0, index).to(torch.float32).div_(255)
         if self.resize is not None:
             x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False)

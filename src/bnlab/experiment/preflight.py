@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, checkpoint_exists, read_checkpoint_state
@@ -15,7 +16,8 @@ from ..train import History
 from .config import TrainConfig
 from .errors import RunError
 
-__all__ = ["check_batches_normalizable", "processes_record", "resume_point"]
+__all__ = ["check_batches_normalizable", "check_model_takes_images", "processes_record",
+           "resume_point"]
 
 
 def check_batches_normalizable(model: nn.Module, loader: TensorLoader, max_steps: int | None,
@@ -34,6 +36,25 @@ def check_batches_normalizable(model: nn.Module, loader: TensorLoader, max_steps
             f"({len(loader.labels)} samples, --batch-size {loader.batch_size}), and batch "
             "norm cannot normalize one value per channel in training: change --batch-size "
             "or --limit")
+
+
+def check_model_takes_images(model: nn.Module, model_name: str, loader: TensorLoader) -> None:
+    """RunError, before any training, when ``model`` (on the loader's device) cannot take the
+    loader's images (custom IDX files of another size than the model was built for). One
+    sample in eval mode without gradients: no parameter, buffer or RNG state changes."""
+    X, _ = loader.batch(torch.zeros(1, dtype=torch.int64, device=loader.device))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(X)
+    except RuntimeError as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RunError(
+            f"the model {model_name} cannot take this data's {X.shape[-2]}x{X.shape[-1]} "
+            f"images ({first_line}); bnlab's LeNets take 28x28 images, Fashion-MNIST's size"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def processes_record(world_size: int, sync_bn: bool) -> dict[str, Any]:

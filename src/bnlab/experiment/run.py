@@ -51,7 +51,12 @@ from .config import TrainConfig
 from .errors import RunError
 from .parallel import agree_on_resume, check_global_batch, rank_device, wrap_model
 from .plots import plot_curves
-from .preflight import check_batches_normalizable, processes_record, resume_point
+from .preflight import (
+    check_batches_normalizable,
+    check_model_takes_images,
+    processes_record,
+    resume_point,
+)
 
 __all__ = ["RunError", "RunResult", "build_optimizer", "run_training", "seed_everything"]
 
@@ -166,6 +171,7 @@ def run_training(
     check_batches_normalizable(model, train_loader, config.max_steps,
                                world.distributed and sync_bn)
     model.to(device)
+    check_model_takes_images(model, config.model, train_loader)
     loaders = (train_loader, test_loader)
     if not world.distributed:
         return _train(config, out, state, model, model, loaders, device, progress, processes)
