@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..host import freed_memory_kept
+from ..norm.fused import requested_kernel
 from . import checkpoint_cmd, data_cmd, selfcheck, train_cmd
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, CLIError
 from .parser import Parser
 
 SUBCOMMANDS = [train_cmd, checkpoint_cmd, data_cmd, selfcheck]
@@ -56,6 +57,7 @@ def _run(argv: Sequence[str] | None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_environment()
         with freed_memory_kept():  # see bnlab.host
             return int(args.handler(args) or 0)
     except USER_ERRORS as err:
@@ -64,3 +66,11 @@ def _run(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"bnlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _check_environment() -> None:
+    """Settings read from the environment deep inside a run, checked before it starts."""
+    try:
+        requested_kernel(None)
+    except ValueError as err:
+        raise CLIError(str(err)) from None

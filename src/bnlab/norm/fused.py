@@ -72,7 +72,8 @@ def requested_kernel(kernel: str | None) -> str:
     """``kernel``, else ``$BNLAB_KERNEL``, else ``"auto"``; validated."""
     choice = kernel or kernel_setting() or "auto"
     if choice not in KERNELS:
-        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {choice!r}")
+        name = "kernel" if kernel else "the environment variable BNLAB_KERNEL"
+        raise ValueError(f"{name} must be one of {', '.join(KERNELS)}; got {choice!r}")
     return choice
 
 
