@@ -85,9 +85,10 @@ def test_truncated_transfer_never_becomes_the_file(mirror_server, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_malformed_mirror_url_is_skipped(mirror_server, tmp_path):
+@pytest.mark.parametrize("bad", ["not a url", "http://[oops/"])  # (the second: bad IPv6)
+def test_malformed_mirror_url_is_skipped(mirror_server, tmp_path, bad):
     mirror_server.serve(PATH, GOOD)
-    download_file(SPEC, tmp_path, config("not a url", mirror_server.url))
+    download_file(SPEC, tmp_path, config(bad, mirror_server.url))
     assert mirror_server.requests == [PATH]
 
 

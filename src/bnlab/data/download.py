@@ -189,7 +189,11 @@ def _definite(reason: object) -> bool:
 
 
 def _url_hint(url: str) -> str:
-    if not urlsplit(url).scheme:
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:  # (what the fetch failed on: already in the message)
+        return ""
+    if not scheme:
         return " (not a URL: a local directory is a mirror as file:///absolute/path/)"
     return ""
 
