@@ -108,6 +108,8 @@ def test_bad_json(saved):
         ({"epoch": True}, "'epoch' must be an int >= 0"),
         ({"history": {}}, "'history' must be a list"),
         ({"files": {"model.safetensors": {"bytes": 1}}}, "malformed 'files' entry"),
+        ({"files": {"model.safetensors": {"bytes": 2**63, "sha256": "0"}}},
+         "malformed 'files' entry"),
         ({"files": {}}, "lists no model.safetensors"),
     ],
 )
@@ -279,6 +281,14 @@ def test_a_data_file_larger_than_its_manifest_is_refused(saved):
     with open(path / "model.safetensors", "ab") as f:
         f.write(b"\0" * 100)
     expect_error(path, "model.safetensors: is not a regular file of at most")
+
+
+def test_a_manifest_claiming_a_huge_file_is_refused_without_allocating_it(saved):
+    path, _, _ = saved
+    state = json.loads((path / "state.json").read_text())
+    state["files"]["model.safetensors"]["bytes"] = 2**40  # read(2**40) raised MemoryError
+    (path / "state.json").write_text(json.dumps(state))
+    expect_error(path, "model.safetensors")
 
 
 def test_deeply_nested_json_is_a_checkpoint_error(saved):

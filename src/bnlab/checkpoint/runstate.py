@@ -39,6 +39,8 @@ __all__ = [
 FORMAT = "bnlab-checkpoint"
 # state.json holds configs, histories and RNG states: kilobytes; refuse anything near this
 MAX_STATE_BYTES = 64 << 20
+# a data file's size in a manifest: far beyond any model, far below what overflows a read
+MAX_DATA_BYTES = 1 << 48
 VERSION = 1
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -128,6 +130,7 @@ def parse_run_state(data: bytes, path: Path) -> dict[str, Any]:
             name not in DATA_FILES
             or not isinstance(entry, dict)
             or not _is_count(entry.get("bytes"))
+            or entry["bytes"] > MAX_DATA_BYTES
             or not isinstance(entry.get("sha256"), str)
         ):
             raise CheckpointError(path, f"has a malformed 'files' entry {name!r}", DAMAGED)

@@ -29,7 +29,11 @@ def read_limited(path: Path, limit: int) -> bytes | None:
         os.close(fd)
         return None
     with os.fdopen(fd, "rb") as handle:
-        data = handle.read(limit + 1)  # the file may have grown since fstat
+        # The file's own size, not the limit: read(n) allocates n bytes first, and a limit
+        # comes from a manifest that may claim terabytes. One byte more: it may have grown.
+        data = handle.read(info.st_size + 1)
+        if len(data) > info.st_size:
+            data += handle.read(limit + 1 - len(data))
     return data if len(data) <= limit else None
 
 
