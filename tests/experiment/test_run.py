@@ -106,6 +106,12 @@ def test_config_validation_names_every_problem():
         TrainConfig(model="vgg", epochs=-1)
     with pytest.raises(ValueError, match="unknown optimizer"):
         replace(TrainConfig(), optimizer="lbfgs")
+    # a hand-edited checkpoint config reaches these too: each type is checked
+    with pytest.raises(ValueError, match=(
+            "lr must be a number, got 'fast'; momentum must be in \\[0, 1\\), got 1.5; "
+            "seed must be an integer, got 1.5; device must be a string, got 0; data_dir must "
+            "be a path or None, got 5; download must be true or false, got 'yes'")):
+        TrainConfig(lr="fast", momentum=1.5, seed=1.5, device=0, data_dir=5, download="yes")
 
 
 def test_optimizer_is_the_configured_one_fused_where_torch_can():

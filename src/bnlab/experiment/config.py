@@ -54,12 +54,22 @@ class TrainConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            problems.append(f"lr must be positive, got {self.lr!r}")
-        if not self.weight_decay >= 0:
-            problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not 0 <= self.momentum < 1:
-            problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
+        for name, valid, rule in (("lr", lambda v: v > 0, "positive"),
+                                  ("weight_decay", lambda v: v >= 0, ">= 0"),
+                                  ("momentum", lambda v: 0 <= v < 1, "in [0, 1)")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                problems.append(f"{name} must be a number, got {value!r}")
+            elif not valid(value):
+                problems.append(f"{name} must be {rule}, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            problems.append(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.device, str):
+            problems.append(f"device must be a string, got {self.device!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            problems.append(f"data_dir must be a path or None, got {self.data_dir!r}")
+        if not isinstance(self.download, bool):
+            problems.append(f"download must be true or false, got {self.download!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
