@@ -220,3 +220,20 @@ def test_images_the_model_cannot_take_are_refused_before_training(tiny_data, tmp
     with pytest.raises(RunError, match="cannot take this data's 32x32 images .*28x28"):
         run_training(config(tiny_data, data_dir=str(other)), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_an_empty_checkpoint_directory_is_no_run_and_a_foreign_one_is_named(tiny_data,
+                                                                           tmp_path):
+    (tmp_path / "empty" / "checkpoint").mkdir(parents=True)
+    result = run_training(config(tiny_data, epochs=1, max_steps=1), tmp_path / "empty",
+                          progress=False)
+    assert read_checkpoint_state(tmp_path / "empty" / "checkpoint")["epoch"] == 1
+    assert len(result.history) == 1
+    foreign = tmp_path / "foreign" / "checkpoint"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    for resume in (False, True):
+        with pytest.raises(RunError, match="holds files but no bnlab checkpoint .*move it away"):
+            run_training(config(tiny_data, epochs=1), tmp_path / "foreign", resume=resume,
+                         progress=False)
+    assert (foreign / "notes.txt").read_text() == "mine"

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, checkpoint_exists, read_checkpoint_state
+from ..checkpoint.runstate import STATE_FILE
 from ..data.loader import TensorLoader
 from ..norm import is_batch_norm
 from ..train import History
@@ -74,6 +75,12 @@ def resume_point(config: TrainConfig, ckpt_dir: Path, resume: bool,
                   processes: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint's run state when resuming, None for a fresh run."""
     has_checkpoint = checkpoint_exists(ckpt_dir)  # or the copy a crash mid-save left aside
+    if ckpt_dir.is_dir() and not (ckpt_dir / STATE_FILE).exists():
+        if not any(ckpt_dir.iterdir()):
+            has_checkpoint = False  # an empty directory: the first save replaces it
+        else:
+            raise RunError(f"{ckpt_dir} holds files but no bnlab checkpoint (no {STATE_FILE})"
+                           f": move it away or choose another --out")
     if not resume:
         if has_checkpoint:
             raise RunError(f"{ckpt_dir.parent} already holds a run; pass --resume to continue "
