@@ -16,7 +16,7 @@ from ..models import build_model
 from ..norm import is_batch_norm
 from ..train import evaluate
 from .errors import CLIError
-from .parser import device_name, non_negative_int, path_arg, positive_int
+from .parser import decimals_int, device_name, path_arg, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ins = subparsers.add_parser("inspect",
                                 help="each BN layer's learned gamma, beta and running statistics")
     ins.add_argument("checkpoint", type=path_arg, help="run directory or its checkpoint/ directory")
-    ins.add_argument("--precision", type=non_negative_int, default=4, help="decimals printed")
+    ins.add_argument("--precision", type=decimals_int, default=4,
+                     help="decimals printed (0-17)")
     ins.set_defaults(handler=run_inspect)
 
 
