@@ -237,3 +237,19 @@ def test_an_empty_checkpoint_directory_is_no_run_and_a_foreign_one_is_named(tiny
             run_training(config(tiny_data, epochs=1), tmp_path / "foreign", resume=resume,
                          progress=False)
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_an_out_directory_that_cannot_be_written_fails_before_training(tiny_data, tmp_path,
+                                                                        monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):  # as on a read-only file system (root ignores modes)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    trained = []
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(run_module, "train_classify", lambda *a, **k: trained.append(1))
+    with pytest.raises(RunError, match="cannot write the run's outputs in .*Read-only"):
+        run_training(config(tiny_data, epochs=1), tmp_path / "run", progress=False)
+    assert trained == []
