@@ -56,3 +56,21 @@ def test_compiled_autograd_through_a_compiled_layer_matches_torch(kernel):
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-5, atol=1e-4)
     torch._dynamo.reset()
+
+
+def test_compiled_autograd_after_an_eager_forward_on_the_tensor_op_path(kernel):
+    if kernel != "reference":
+        pytest.skip("the C++ autograd nodes have no compiled_args (documented)")
+    from torch._dynamo import compiled_autograd
+
+    torch._dynamo.reset()
+    ours, theirs = bnlab.BatchNorm2d(3), nn.BatchNorm2d(3)
+    x = torch.randn(8, 3, 5, 5) * 2 + 1
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    loss = (ours(xa * 1.5) * torch.arange(5.0)).sum()  # (x * 1.5: a node before the layer)
+    with compiled_autograd._enable(torch.compile):
+        loss.backward()
+    (theirs(xb * 1.5) * torch.arange(5.0)).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-5, atol=1e-4)
+    torch._dynamo.reset()

@@ -117,11 +117,18 @@ class BatchNormFunction(BatchNormVjpFunction):
     @staticmethod
     def jvp(ctx, dx, dmean, dvar, dweight, dbias, _eps, _batch_statistics):
         """The output's tangent from the inputs' (None: zero). In training the batch
-        statistics arrive with their own tangents (``var_mean``'s, from ``x``'s), so the
-        chain rule through ``mean`` and ``var`` here completes the derivative."""
+        statistics are functions of ``x``: their tangents are computed here from ``x``'s
+        (the statistics arrive detached, see :func:`bnlab.norm.functional.normalize`), and
+        the chain rule through ``mean`` and ``var`` completes the derivative."""
         x, mean, invstd, weight = ctx.saved_tensors
         dt = invstd.dtype
         xmu = x.to(dt) - channel_view(mean, x)
+        if ctx.batch_statistics:
+            dmean = dvar = None
+            if dx is not None:
+                dims = reduce_dims(x)
+                dmean = dx.to(dt).mean(dims)
+                dvar = 2 * (xmu * (dx.to(dt) - channel_view(dmean, x))).mean(dims)
         d_xmu = xmu.new_zeros(()) if dx is None else dx.to(dt)
         if dmean is not None:
             d_xmu = d_xmu - channel_view(dmean, x)

@@ -126,6 +126,11 @@ def normalize(
     ``batch_statistics`` says whether they are the statistics of ``x`` itself (training:
     gradients flow through them) or constants (evaluation with running statistics).
     """
+    if batch_statistics:
+        # Their dependence on x is in the closed-form gradients (and the jvp): autograd must
+        # not also route a gradient through them, which would be None (compiled autograd
+        # fails on a None gradient into var_mean's node).
+        mean, var = mean.detach(), var.detach()
     function = BatchNormVjpFunction if torch.compiler.is_compiling() else BatchNormFunction
     return function.apply(x, mean, var, weight, bias, eps, batch_statistics)
 
