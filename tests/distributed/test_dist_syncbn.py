@@ -100,8 +100,42 @@ def syncbn_worker(rank: int, world: int) -> dict:
         start = sum(case.sizes[:rank])
         results[case.name] = run_steps(layer, case, slice(start, start + case.sizes[rank]))
     results["one_value"] = _one_value_per_channel(rank)
+    results["odd_strides"] = _odd_strides(rank)
+    results["bad_args"] = _bad_arguments(rank)
     results.update(_local_paths(rank, alone))
     return results
+
+
+def odd_strided_batch(rank: int) -> torch.Tensor:
+    """Rank ``rank``'s (N, C, L) batch as the transpose of an (N, L, C) tensor."""
+    gen = torch.Generator().manual_seed(100 + rank)
+    return torch.randn(2 + rank, 5, 3, generator=gen, dtype=torch.float64).transpose(1, 2)
+
+
+def _odd_strides(rank: int) -> dict:
+    y = SyncBatchNorm(3, dtype=torch.float64)(odd_strided_batch(rank))
+    return {"y": y.detach(), "contiguous": y.is_contiguous()}
+
+
+def _bad_arguments(rank: int) -> list[str]:
+    """Each refused on every rank before any communication (or the ranks would block)."""
+    x = torch.randn(4, 3, 2, dtype=torch.float64)
+    ones, zeros = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    calls = [
+        lambda: SyncBatchNorm(3)(x),  # float64 input, float32 layer
+        lambda: SyncBatchNorm(3, dtype=torch.float64)(x[:, :2]),
+        lambda: sync_module.sync_batch_norm(x, None, None, torch.ones(4, dtype=torch.float64),
+                                            None, 0.1, 1e-5),
+        lambda: sync_module.sync_batch_norm(x, zeros, None, ones, zeros, 0.1, 1e-5),
+    ]
+    caught = []
+    for call in calls:
+        try:
+            call()
+            caught.append("no error")
+        except (ValueError, RuntimeError) as err:
+            caught.append(f"{type(err).__name__}: {err}")
+    return caught
 
 
 def _one_value_per_channel(rank: int) -> str:
@@ -196,3 +230,22 @@ def test_eval_and_group_of_one_take_the_local_path(ranks):
         trained.running_mean.fill_(0.5)
         trained.running_var.fill_(2.0)
     torch.testing.assert_close(ranks[0]["eval_y"], trained.eval()(x), rtol=0, atol=0)
+
+
+def test_odd_strided_input_gives_a_contiguous_output_equal_to_one_process(ranks):
+    # torch's layers return it contiguous: a .view of it must work on every rank
+    expected = BatchNorm(3, 3, dtype=torch.float64)(
+        torch.cat([odd_strided_batch(r) for r in range(WORLD)]))
+    assert all(ranks[r]["odd_strides"]["contiguous"] for r in range(WORLD))
+    got = torch.cat([ranks[r]["odd_strides"]["y"] for r in range(WORLD)])
+    torch.testing.assert_close(got, expected, **TOL)
+
+
+def test_bad_arguments_are_refused_on_every_rank_as_locally(ranks):
+    for r in range(WORLD):
+        mixed, channels, weight, pairing = ranks[r]["bad_args"]
+        assert mixed.startswith("MixedDtypeError: mixed dtypes: torch.float64 input")
+        assert channels.startswith("BatchNormArgumentError: SyncBatchNorm(3) got input with 2")
+        assert weight.startswith("BatchNormArgumentError: channel mismatch")
+        assert "weight has 4" in weight
+        assert pairing.startswith("ValueError: running_mean and running_var must either both")

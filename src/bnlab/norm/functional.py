@@ -27,6 +27,7 @@ from .gpu import triton_batch_norm
 
 __all__ = ["batch_norm", "batch_stats", "normalize", "update_running_stats", "compute_dtype",
            "check_activation", "apply_activation", "check_pool", "apply_pool", "check_input",
+           "check_per_channel", "check_dtypes", "flat_channels", "dense_input",
            "BatchNormArgumentError", "MixedDtypeError"]
 
 
@@ -148,7 +149,7 @@ class MixedDtypeError(BatchNormArgumentError):
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _check_dtypes(x: Tensor, tensors: tuple[Tensor | None, ...]) -> None:
+def check_dtypes(x: Tensor, tensors: tuple[Tensor | None, ...]) -> None:
     """torch's rule: each per-channel tensor has ``x``'s dtype, or float32 for half/bfloat16
     ``x`` (mixed precision)."""
     for t in tensors:
@@ -169,15 +170,15 @@ def check_input(x: Tensor, eps: float, training: bool) -> None:
         raise ValueError(f"batch_norm eps must be positive during training, got {eps}")
 
 
-def _check_args(
+def check_per_channel(
     x: Tensor,
     running_mean: Tensor | None,
     running_var: Tensor | None,
     weight: Tensor | None,
     bias: Tensor | None,
-    training: bool,
-    eps: float,
 ) -> None:
+    """``x`` is (N, C, *); each per-channel tensor given has C elements; running statistics
+    come both or neither (shared with the synchronized op, before any communication)."""
     if x.dim() < 2:
         raise ValueError(f"batch_norm expects input of shape (N, C, *), got {x.dim()}D input")
     channels = x.shape[1]
@@ -192,14 +193,41 @@ def _check_args(
                 f"channel mismatch: input has {channels} channels (dim 1 of shape "
                 f"{tuple(x.shape)}) but {name} has {t.numel()} elements"
             )
-    check_input(x, eps, training)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be "
                          "None")
+
+
+def flat_channels(t: Tensor | None) -> Tensor | None:
+    """A per-channel tensor of any shape with C elements (torch's forward takes them) as a
+    (C,) view, so that its gradient comes back in its own shape."""
+    return t if t is None or t.dim() == 1 else t.reshape(-1)
+
+
+def dense_input(x: Tensor) -> Tensor:
+    """``x``, made contiguous unless it is already so or channels-last: elementwise ops
+    keep odd strides, and torch's layers return such input's output contiguous."""
+    if x.is_contiguous() or channels_last_format(x) is not None:
+        return x
+    return x.contiguous()
+
+
+def _check_args(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    eps: float,
+) -> None:
+    check_per_channel(x, running_mean, running_var, weight, bias)
+    check_input(x, eps, training)
     if not training and running_mean is None:
         raise BatchNormArgumentError(
             "running_mean and running_var must be given when training=False")
     if training:
+        channels = x.shape[1]
         count = x.numel() // channels if channels else 0
         if count == 1:
             raise ValueError(
@@ -252,12 +280,7 @@ def batch_norm(
     Equal to ``F.avg_pool2d`` of the unpooled result (the same sums in the same order).
     """
     _check_args(input, running_mean, running_var, weight, bias, training, eps)
-    # Any shape with C elements, as torch's forward takes it: a (C,) view, so gradients
-    # come back in the parameter's own shape
-    if weight is not None and weight.dim() != 1:
-        weight = weight.reshape(-1)
-    if bias is not None and bias.dim() != 1:
-        bias = bias.reshape(-1)
+    weight, bias = flat_channels(weight), flat_channels(bias)
     check_activation(activation)
     if pool is not None:
         check_pool(pool, input)
@@ -266,7 +289,7 @@ def batch_norm(
     if input.numel() > 0:
         path = select_kernel(kernel, input, per_channel)
     if path != "fused":  # (the fused kernels take only tensors of the input's dtype)
-        _check_dtypes(input, per_channel)
+        check_dtypes(input, per_channel)
     if path == "fused":
         fused_pool = pool if pool is not None and fused_poolable(input) else None
         out = fused_batch_norm(input, weight, bias, running_mean, running_var, training,
@@ -302,8 +325,7 @@ def _reference_batch_norm(
         if bias is not None:
             out = out + bias.reshape(-1)[:1].to(out.dtype).sum()
         return out
-    if not input.is_contiguous() and channels_last_format(input) is None:
-        input = input.contiguous()  # as torch's layers, whose output is then contiguous
+    input = dense_input(input)
     if training:
         mean, var = batch_stats(input)
         count = input.numel() // input.shape[1]

@@ -11,10 +11,15 @@ from torch import Tensor, nn
 
 from .convert import is_batch_norm, swap_layer
 from .functional import (
+    BatchNormArgumentError,
     apply_activation,
     apply_pool,
+    check_dtypes,
     check_input,
+    check_per_channel,
     check_pool,
+    dense_input,
+    flat_channels,
     update_running_stats,
 )
 from .modules import BatchNormBase
@@ -39,9 +44,15 @@ def sync_batch_norm(
     in place with the global mean and the unbiased global variance ``var * n / (n - 1)``,
     identically on every rank. Raises ValueError on every rank when the global count of
     values per channel is 1 (and, before any communication, for input that is not real
-    floating point or ``eps`` <= 0).
+    floating point, ``eps`` <= 0, or per-channel tensors that do not fit the input as
+    :func:`bnlab.functional.batch_norm` refuses them).
     """
+    # Every local check before the collective: a rank that raises later leaves the others
+    # waiting for it until the timeout.
+    check_per_channel(input, running_mean, running_var, weight, bias)
+    check_dtypes(input, (weight, bias, running_mean, running_var))
     check_input(input, eps, training=True)
+    input, weight, bias = dense_input(input), flat_channels(weight), flat_channels(bias)
     mean, var, count = sync_batch_stats(input, group)
     if count == 1:
         raise ValueError(
@@ -104,7 +115,7 @@ class SyncBatchNorm(BatchNormBase):
         self._check_input_dim(input)
         check_pool(self.pool, input)
         if input.shape[1] != self.num_features:
-            raise ValueError(
+            raise BatchNormArgumentError(
                 f"SyncBatchNorm({self.num_features}) got input with {input.shape[1]} channels "
                 f"(shape {tuple(input.shape)}); expected {self.num_features} in dim 1"
             )
