@@ -103,7 +103,8 @@ def test_empty_batch_and_eval_mode():
 
 def test_conversion_keeps_or_refuses_the_activation():
     model = nn.Sequential(nn.Linear(3, 4), bnlab.BatchNorm1d(4, activation="sigmoid"))
-    with pytest.raises(ValueError, match="activation='sigmoid'.*BatchNorm1d cannot"):
+    with pytest.raises(ValueError, match="bnlab.BatchNorm1d applies activation='sigmoid', "
+                                         "which torch.nn.BatchNorm1d cannot"):
         convert(model, to="torch")
     synced = convert_sync_batchnorm(model)
     assert isinstance(synced[1], bnlab.SyncBatchNorm) and synced[1].activation == "sigmoid"

@@ -33,6 +33,11 @@ def _swap(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
     return swap_layer(layer, cls)
 
 
+def _public_name(cls: type) -> str:
+    """``torch.nn.X`` or ``bnlab.X``: the two sides of a conversion share class names."""
+    return f"{'torch.nn' if cls.__module__.startswith('torch.') else 'bnlab'}.{cls.__name__}"
+
+
 def swap_layer(layer: nn.Module, cls: type[nn.Module], **kwargs) -> nn.Module:
     """A ``cls(..., **kwargs)`` layer holding ``layer``'s very parameters, buffers, settings
     and mode (no copies: built on the meta device, then handed the tensors). A fused
@@ -43,8 +48,9 @@ def swap_layer(layer: nn.Module, cls: type[nn.Module], **kwargs) -> nn.Module:
         for name, value, module in (("activation", activation, "the activation module"),
                                     ("pool", pool, "nn.AvgPool2d(2)")):
             if value is not None:
-                raise ValueError(f"{type(layer).__name__} applies {name}={value!r}, which "
-                                 f"{cls.__name__} cannot; follow it with {module} instead")
+                raise ValueError(f"{_public_name(type(layer))} applies {name}={value!r}, "
+                                 f"which {_public_name(cls)} cannot; follow it with {module} "
+                                 "instead")
     has_stats = layer.running_mean is not None
     new = cls(
         layer.num_features,
