@@ -97,3 +97,15 @@ def test_a_dead_or_hung_rank_ends_the_run_with_an_error(setup, fault):
         assert done.returncode == 1
         assert "timed out" in done.stderr.lower() or "timeout" in done.stderr.lower()
     assert not (root / fault / "checkpoint").exists()
+
+
+def test_settings_errors_are_one_line_before_any_process_starts(setup, capsys):
+    from bnlab.cli import main
+
+    root, _, common = setup
+    (root / "afile").write_text("")
+    code = main(["train", *common, "--nproc", "2", "--out", str(root / "afile")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == (f"bnlab train: error: --out {root / 'afile'} is a file; name a "
+                           "directory for the run's outputs")  # not one line per process

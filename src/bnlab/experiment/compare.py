@@ -27,7 +27,8 @@ from ..train import History
 from .config import TrainConfig
 from .errors import RunError
 from .plots import plot_overlay
-from .run import CHECKPOINT_DIR, RunResult, run_training
+from .preflight import CHECKPOINT_DIR
+from .run import RunResult, run_training
 
 __all__ = ["DEFAULT_NORMS", "compare_table", "run_compare"]
 

@@ -17,8 +17,10 @@ from ..train import History
 from .config import TrainConfig
 from .errors import RunError
 
-__all__ = ["check_batches_normalizable", "check_model_takes_images", "processes_record",
-           "resume_point"]
+__all__ = ["CHECKPOINT_DIR", "check_batches_normalizable", "check_model_takes_images",
+           "check_out_dir", "processes_record", "resume_point"]
+
+CHECKPOINT_DIR = "checkpoint"  # in a run's --out directory
 
 
 def check_batches_normalizable(model: nn.Module, loader: TensorLoader, max_steps: int | None,
@@ -56,6 +58,15 @@ def check_model_takes_images(model: nn.Module, model_name: str, loader: TensorLo
         ) from None
     finally:
         model.train(was_training)
+
+
+def check_out_dir(config: TrainConfig, out: Path, resume: bool,
+                  processes: dict[str, Any]) -> dict[str, Any] | None:
+    """Before anything runs: RunError when ``out`` is a file, and :func:`resume_point` of
+    its checkpoint (the run state to resume from, None for a fresh run)."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; name a directory for the run's outputs")
+    return resume_point(config, out / CHECKPOINT_DIR, resume, processes)
 
 
 def processes_record(world_size: int, sync_bn: bool) -> dict[str, Any]:

@@ -53,15 +53,15 @@ from .errors import RunError
 from .parallel import agree_on_resume, check_global_batch, rank_device, wrap_model
 from .plots import plot_curves
 from .preflight import (
+    CHECKPOINT_DIR,
     check_batches_normalizable,
     check_model_takes_images,
+    check_out_dir,
     processes_record,
-    resume_point,
 )
 
 __all__ = ["RunError", "RunResult", "build_optimizer", "run_training", "seed_everything"]
 
-CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass
@@ -159,10 +159,8 @@ def run_training(
     """
     world = world_info()
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file; name a directory for the run's outputs")
     processes = processes_record(world.world_size, sync_bn)
-    state = resume_point(config, out / CHECKPOINT_DIR, resume, processes)
+    state = check_out_dir(config, out, resume, processes)
     device = rank_device(config.device, world) if world.distributed else select_device(
         config.device)
     seed_everything(config.seed)
