@@ -2,8 +2,9 @@
 # Set up bnlab in ./.venv on a fresh machine:
 #   1. the real Fashion-MNIST files from Debian/Ubuntu's dataset-fashion-mnist package, where
 #      apt can install it (root or password-less sudo); otherwise bnlab downloads them later;
-#   2. PyTorch ($BNLAB_TORCH, default torch==2.13.0: the CPU build this was tested with;
-#      e.g. BNLAB_TORCH=torch for your platform's default build with CUDA);
+#   2. PyTorch ($BNLAB_TORCH: pip's requirement and options, default torch==2.13.0, the
+#      version this was tested with; for the CPU-only build from PyTorch's own index, e.g.
+#      BNLAB_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu");
 #   3. bnlab itself, editable; `./setup.sh --test` adds the test tools.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,6 +26,8 @@ fi
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python3 -m venv .venv
-.venv/bin/pip install -q "${BNLAB_TORCH:-torch==2.13.0}"
+# (unquoted: $BNLAB_TORCH may hold pip options after the requirement)
+# shellcheck disable=SC2086
+.venv/bin/pip install -q ${BNLAB_TORCH:-torch==2.13.0}
 .venv/bin/pip install -q -e ".${extras}"
 echo "setup.sh: ready: .venv/bin/bnlab"

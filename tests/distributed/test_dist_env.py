@@ -134,7 +134,7 @@ def test_rank_device_on_cpu():
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--nproc", "2"], "--nproc starts the processes itself"),
-    (["compare"], "compare runs in a single process"),
+    (["compare"], "compare is not data-parallel"),
 ])
 def test_cli_under_torchrun_refuses_what_it_cannot_do(env, capsys, argv, message):
     env.setenv("WORLD_SIZE", "2")

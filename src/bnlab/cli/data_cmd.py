@@ -22,14 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = actions.add_parser(
         "info",
         help="show where the files were found and whether each one verifies",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_data_dir(info)
     info.set_defaults(handler=run_info)
     fetch = actions.add_parser(
         "download",
-        help="download any missing files (into --data-dir or the user cache) and verify them",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="download any missing files (into --data-dir, else $BNLAB_DATA, else the user "
+             "cache) and verify them",
     )
     _add_data_dir(fetch)
     fetch.add_argument(

@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare = subparsers.add_parser(
         "compare",
         help="the notebook's experiment: LeNet without BN, with bnlab BN, with torch BN "
-             "(single process)",
+             "(not data-parallel: no --nproc or torchrun)",
     )
     add_run_options(compare)
     compare.add_argument("--out", type=path_arg, default=None,
@@ -117,7 +117,7 @@ def train_and_report(config: TrainConfig, out: Path, options: dict) -> int:
 
 def run_compare_cmd(args: argparse.Namespace) -> int:
     if world_info().distributed:
-        raise CLIError("compare runs in a single process; start it without torchrun")
+        raise CLIError("compare is not data-parallel; start it without torchrun")
     config = config_from_args(args, "bnlab")
     out = args.out or Path("runs") / f"compare-{config.model}-seed{config.seed}"
     results = run_compare(config, out, resume=args.resume, progress=not args.no_progress)
