@@ -3,6 +3,7 @@
 import csv
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,6 +113,7 @@ def test_config_validation_names_every_problem():
             "seed must be an integer, got 1.5; device must be a string, got 0; data_dir must "
             "be a path or None, got 5; download must be true or false, got 'yes'")):
         TrainConfig(lr="fast", momentum=1.5, seed=1.5, device=0, data_dir=5, download="yes")
+    assert TrainConfig(data_dir=Path("/data")).data_dir == "/data"  # JSON-ready
 
 
 def test_optimizer_is_the_configured_one_fused_where_torch_can():

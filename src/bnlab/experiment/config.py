@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -66,6 +67,8 @@ class TrainConfig:
             problems.append(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.device, str):
             problems.append(f"device must be a string, got {self.device!r}")
+        if isinstance(self.data_dir, os.PathLike):  # kept as str: the config goes to JSON
+            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             problems.append(f"data_dir must be a path or None, got {self.data_dir!r}")
         if not isinstance(self.download, bool):

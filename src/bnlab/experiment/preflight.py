@@ -50,7 +50,7 @@ def check_model_takes_images(model: nn.Module, model_name: str, loader: TensorLo
     try:
         with torch.no_grad():
             model.eval()(X)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:  # (ValueError: e.g. too small to pool)
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RunError(
             f"the model {model_name} cannot take this data's {X.shape[-2]}x{X.shape[-1]} "

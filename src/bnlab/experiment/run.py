@@ -63,7 +63,6 @@ from .preflight import (
 __all__ = ["RunError", "RunResult", "build_optimizer", "run_training", "seed_everything"]
 
 
-
 @dataclass
 class RunResult:
     """What a finished run leaves: its full history, the model and where outputs are."""
