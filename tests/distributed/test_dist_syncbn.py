@@ -102,6 +102,7 @@ def syncbn_worker(rank: int, world: int) -> dict:
     results["one_value"] = _one_value_per_channel(rank)
     results["odd_strides"] = _odd_strides(rank)
     results["bad_args"] = _bad_arguments(rank)
+    results["disagreeing_channels"] = _disagreeing_channels(rank)
     results.update(_local_paths(rank, alone))
     return results
 
@@ -115,6 +116,17 @@ def odd_strided_batch(rank: int) -> torch.Tensor:
 def _odd_strides(rank: int) -> dict:
     y = SyncBatchNorm(3, dtype=torch.float64)(odd_strided_batch(rank))
     return {"y": y.detach(), "contiguous": y.is_contiguous()}
+
+
+def _disagreeing_channels(rank: int) -> str:
+    """Rank 1 built its layer with 4 channels, the others with 3 (each input matching)."""
+    channels = 4 if rank == 1 else 3
+    layer = SyncBatchNorm(channels, affine=False, dtype=torch.float64)
+    try:
+        layer(torch.randn(2, channels, dtype=torch.float64))
+    except RuntimeError as err:
+        return f"{type(err).__name__}: {err} | running_mean {layer.running_mean.tolist()}"
+    return "no error"
 
 
 def _bad_arguments(rank: int) -> list[str]:
@@ -249,3 +261,13 @@ def test_bad_arguments_are_refused_on_every_rank_as_locally(ranks):
         assert weight.startswith("BatchNormArgumentError: channel mismatch")
         assert "weight has 4" in weight
         assert pairing.startswith("ValueError: running_mean and running_var must either both")
+
+
+def test_processes_that_disagree_on_the_channel_count_all_get_one_clear_error(ranks):
+    # (unchecked, gloo's all_gather aborted one process and gave the others wrong numbers)
+    for r in range(WORLD):
+        result = ranks[r]["disagreeing_channels"]
+        assert result.startswith("BatchNormArgumentError: SyncBatchNorm: the processes "
+                                 "disagree on the channel count ([3, 4, 3], by rank")
+        assert result.endswith("running_mean [0.0, 0.0, 0.0]" if r != 1
+                               else "running_mean [0.0, 0.0, 0.0, 0.0]")  # untouched

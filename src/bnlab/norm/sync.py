@@ -95,6 +95,10 @@ class SyncBatchNorm(BatchNormBase):
                          device, dtype, bias=bias, activation=activation)
         self.process_group = process_group
 
+    # Whether the group's processes have been seen to agree on num_features (checked on the
+    # first synchronized step; a class default, so layers built by swap_layer start unchecked).
+    _channels_agreed = False
+
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
@@ -119,6 +123,9 @@ class SyncBatchNorm(BatchNormBase):
                 f"SyncBatchNorm({self.num_features}) got input with {input.shape[1]} channels "
                 f"(shape {tuple(input.shape)}); expected {self.num_features} in dim 1"
             )
+        if not self._channels_agreed:
+            _agree_on_channels(self.num_features, input.device, group)
+            self._channels_agreed = True
         factor = 0.0 if self.momentum is None else self.momentum
         # Counted once the batch is accepted, as in BatchNormBase.forward.
         tracked = self.num_batches_tracked if self.track_running_stats else None
@@ -139,6 +146,21 @@ class SyncBatchNorm(BatchNormBase):
         if tracked is not None:
             tracked.add_(1)
         return apply_pool(apply_activation(out, self.activation), self.pool)
+
+
+def _agree_on_channels(channels: int, device: torch.device,
+                       group: dist.ProcessGroup) -> None:
+    """Raise BatchNormArgumentError on every process of ``group`` unless all have
+    ``channels`` channels: the statistics' all_gather would otherwise abort one process
+    (its sizes differ) and hand the others wrong numbers."""
+    mine = torch.tensor([channels], dtype=torch.int64, device=device)
+    counts = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(counts, mine, group=group)
+    everyone = [int(c) for c in counts]
+    if len(set(everyone)) > 1:
+        raise BatchNormArgumentError(
+            f"SyncBatchNorm: the processes disagree on the channel count ({everyone}, by "
+            "rank in the group); every process must build the same model")
 
 
 def _to_sync(layer: nn.Module, group: dist.ProcessGroup | None) -> SyncBatchNorm:
