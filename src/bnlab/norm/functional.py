@@ -15,20 +15,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .autograd import (
-    BatchNormFunction,
-    BatchNormVjpFunction,
-    channels_last_format,
-    compute_dtype,
-    reduce_dims,
-)
+from .autograd import BatchNormFunction, BatchNormVjpFunction, compute_dtype, reduce_dims
+from .checks import check_args, check_dtypes, check_input, dense_input, flat_channels
 from .fused import ACTIVATIONS, fused_batch_norm, fused_poolable, select_kernel
 from .gpu import triton_batch_norm
 
 __all__ = ["batch_norm", "batch_stats", "normalize", "update_running_stats", "compute_dtype",
-           "check_activation", "apply_activation", "check_pool", "apply_pool", "check_input",
-           "check_per_channel", "check_dtypes", "flat_channels", "dense_input",
-           "BatchNormArgumentError", "MixedDtypeError"]
+           "check_activation", "apply_activation", "check_pool", "apply_pool", "check_input"]
 
 
 def check_activation(activation: str | None) -> None:
@@ -136,106 +129,6 @@ def normalize(
     return function.apply(x, mean, var, weight, bias, eps, batch_statistics)
 
 
-class BatchNormArgumentError(ValueError, RuntimeError):
-    """An argument torch's batch norm refuses with a RuntimeError (a channel count that does
-    not match the input's, no running statistics in evaluation): a ValueError like bnlab's
-    other argument errors, and the RuntimeError code written for torch's layers catches."""
-
-
-class MixedDtypeError(BatchNormArgumentError):
-    """Parameters or statistics of a dtype torch's batch norm refuses for the input's."""
-
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def check_dtypes(x: Tensor, tensors: tuple[Tensor | None, ...]) -> None:
-    """torch's rule: each per-channel tensor has ``x``'s dtype, or float32 for half/bfloat16
-    ``x`` (mixed precision)."""
-    for t in tensors:
-        if t is not None and t.dtype != x.dtype and not (
-                x.dtype in _LOW_PRECISION and t.dtype == torch.float32):
-            raise MixedDtypeError(
-                f"mixed dtypes: {x.dtype} input with {t.dtype} parameters or statistics; "
-                f"they must be {x.dtype}" + (" or torch.float32" if x.dtype in _LOW_PRECISION
-                                              else ""))
-
-
-def check_input(x: Tensor, eps: float, training: bool) -> None:
-    """ValueError unless ``x`` is real floating point and, in training, ``eps`` > 0 (torch's
-    checks; shared with the synchronized op, which runs them before any communication)."""
-    if not x.is_floating_point():  # (False for complex dtypes too)
-        raise ValueError(f"batch_norm expects real floating-point input, got {x.dtype}")
-    if training and not eps > 0:
-        raise ValueError(f"batch_norm eps must be positive during training, got {eps}")
-
-
-def check_per_channel(
-    x: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-) -> None:
-    """``x`` is (N, C, *); each per-channel tensor given has C elements; running statistics
-    come both or neither (shared with the synchronized op, before any communication)."""
-    if x.dim() < 2:
-        raise ValueError(f"batch_norm expects input of shape (N, C, *), got {x.dim()}D input")
-    channels = x.shape[1]
-    for name, t in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    ):
-        if t is not None and t.numel() != channels:
-            raise BatchNormArgumentError(
-                f"channel mismatch: input has {channels} channels (dim 1 of shape "
-                f"{tuple(x.shape)}) but {name} has {t.numel()} elements"
-            )
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must either both be None or neither be "
-                         "None")
-
-
-def flat_channels(t: Tensor | None) -> Tensor | None:
-    """A per-channel tensor of any shape with C elements (torch's forward takes them) as a
-    (C,) view, so that its gradient comes back in its own shape."""
-    return t if t is None or t.dim() == 1 else t.reshape(-1)
-
-
-def dense_input(x: Tensor) -> Tensor:
-    """``x``, made contiguous unless it is already so or channels-last: elementwise ops
-    keep odd strides, and torch's layers return such input's output contiguous."""
-    if x.is_contiguous() or channels_last_format(x) is not None:
-        return x
-    return x.contiguous()
-
-
-def _check_args(
-    x: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    training: bool,
-    eps: float,
-) -> None:
-    check_per_channel(x, running_mean, running_var, weight, bias)
-    check_input(x, eps, training)
-    if not training and running_mean is None:
-        raise BatchNormArgumentError(
-            "running_mean and running_var must be given when training=False")
-    if training:
-        channels = x.shape[1]
-        count = x.numel() // channels if channels else 0
-        if count == 1:
-            raise ValueError(
-                "Expected more than 1 value per channel when training, "
-                f"got input size {tuple(x.shape)}"
-            )
-
-
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -279,7 +172,7 @@ def batch_norm(
     full-size output is never written, and backward takes the pooled gradient directly.
     Equal to ``F.avg_pool2d`` of the unpooled result (the same sums in the same order).
     """
-    _check_args(input, running_mean, running_var, weight, bias, training, eps)
+    check_args(input, running_mean, running_var, weight, bias, training, eps)
     weight, bias = flat_channels(weight), flat_channels(bias)
     check_activation(activation)
     if pool is not None:

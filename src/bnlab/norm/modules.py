@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import BatchNormArgumentError, batch_norm, check_activation, check_pool
+from .checks import BatchNormArgumentError
+from .functional import batch_norm, check_activation, check_pool
 
 __all__ = ["BatchNormBase", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNorm"]
 

@@ -9,19 +9,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .convert import is_batch_norm, swap_layer
-from .functional import (
+from .checks import (
     BatchNormArgumentError,
-    apply_activation,
-    apply_pool,
     check_dtypes,
     check_input,
     check_per_channel,
-    check_pool,
     dense_input,
     flat_channels,
-    update_running_stats,
 )
+from .convert import is_batch_norm, swap_layer
+from .functional import apply_activation, apply_pool, check_pool, update_running_stats
 from .modules import BatchNormBase
 from .sync_autograd import SyncBatchNormFunction, sync_batch_stats
 
