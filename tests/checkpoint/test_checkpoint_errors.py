@@ -201,6 +201,17 @@ def test_optimizer_state_that_does_not_fit_is_refused(tmp_path, change, pattern)
     assert bitwise_equal(fresh_optimizer.state_dict(), before)
 
 
+def test_settings_that_may_be_none_load_as_torch_loads_them(tmp_path):
+    # LBFGS's line_search_fn is None or a name: not a kind mismatch
+    model = make_model(0)
+    saved_optimizer = torch.optim.LBFGS(model.parameters(), line_search_fn="strong_wolfe")
+    path = save_checkpoint(tmp_path / "ck", model=model, optimizer=saved_optimizer,
+                           state={"epoch": 1})
+    fresh = torch.optim.LBFGS(make_model(1).parameters())
+    load_checkpoint(path, optimizer=fresh)
+    assert fresh.param_groups[0]["line_search_fn"] == "strong_wolfe"
+
+
 def test_optimizer_or_scheduler_missing_from_checkpoint(tmp_path):
     model, optimizer = trained_pair()
     save_checkpoint(tmp_path / "ck", model=model)

@@ -126,3 +126,22 @@ def test_other_files_are_not_called_pickles(tmp_path):
     archive.rename(folder / "archive.zip")
     with pytest.raises(CheckpointError, match=r"not a bnlab checkpoint \(no state.json\)"):
         load_checkpoint(folder)
+
+
+def test_a_file_that_grows_while_read_is_read_in_bounded_chunks(tmp_path, monkeypatch):
+    import os
+
+    from bnlab.checkpoint import safety
+
+    path = tmp_path / "data"
+    path.write_bytes(b"x" * 100)
+    real_fstat = os.fstat
+
+    def fstat_before_it_grew(fd):
+        info = real_fstat(fd)
+        return os.stat_result((info.st_mode, *info[1:6], 50, *info[7:]))
+
+    monkeypatch.setattr(safety.os, "fstat", fstat_before_it_grew)
+    # a limit from a manifest claiming 2**47 bytes: one read of that size raised MemoryError
+    assert safety.read_limited(path, 1 << 47) == b"x" * 100
+    assert safety.read_limited(path, 80) is None  # grew past the limit

@@ -70,6 +70,15 @@ def test_update_running_stats_uses_unbiased_variance():
     torch.testing.assert_close(rv, torch.tensor([0.5 + 2.0, 0.5 + 4.0], dtype=torch.float64))
 
 
+def test_update_running_stats_of_the_mean_alone_takes_any_count():
+    # (no unbiased variance to form, so one value per channel is fine)
+    rm = torch.zeros(2, dtype=torch.float64)
+    mean = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    BF.update_running_stats(rm, None, mean, torch.zeros(2, dtype=torch.float64), count=1,
+                            momentum=0.5)
+    torch.testing.assert_close(rm, torch.tensor([0.5, 1.0], dtype=torch.float64))
+
+
 def test_never_calls_torch_batch_norm(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("torch's batch norm was called")

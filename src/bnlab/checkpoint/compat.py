@@ -85,13 +85,17 @@ _ELEMENTWISE = tuple(getattr(torch.optim, name) for name in (
 
 def _kind_of(value: Any) -> str:
     """A hyperparameter's kind, for comparing a saved value with the optimizer's own."""
-    if value is None or isinstance(value, bool):
-        return "flag"  # (None: torch's "choose for me" for foreach/fused/capturable flags)
+    if isinstance(value, bool):
+        return "flag"
     if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
         return "number"
     if isinstance(value, (tuple, list)):
         return f"{len(value)} numbers" if all(_kind_of(v) == "number" for v in value) else "list"
     return type(value).__name__
+
+
+def _has_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (tuple, list)) and any(v is None for v in value))
 
 
 def _hyperparameter_problems(owner: torch.optim.Optimizer, tree: Any) -> list[str]:
@@ -102,8 +106,8 @@ def _hyperparameter_problems(owner: torch.optim.Optimizer, tree: Any) -> list[st
         if not isinstance(saved, dict):
             return [f"param_groups[{index}] is not a mapping"]
         for key, value in group.items():
-            if key == "params" or key not in saved:
-                continue
+            if key == "params" or key not in saved or _has_none(value) or _has_none(saved[key]):
+                continue  # (None: "the default" in some settings, e.g. LBFGS's line search)
             if _kind_of(saved[key]) != _kind_of(value):
                 problems.append(f"param_groups[{index}].{key} is {saved[key]!r}, "
                                 f"not {_kind_of(value)}")

@@ -32,8 +32,11 @@ def read_limited(path: Path, limit: int) -> bytes | None:
         # The file's own size, not the limit: read(n) allocates n bytes first, and a limit
         # comes from a manifest that may claim terabytes. One byte more: it may have grown.
         data = handle.read(info.st_size + 1)
-        if len(data) > info.st_size:
-            data += handle.read(limit + 1 - len(data))
+        while info.st_size < len(data) <= limit:  # it grew: the rest in bounded chunks
+            chunk = handle.read(min(1 << 20, limit + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
     return data if len(data) <= limit else None
 
 

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 help="each BN layer's learned gamma, beta and running statistics")
     ins.add_argument("checkpoint", type=path_arg, help="run directory or its checkpoint/ directory")
     ins.add_argument("--precision", type=decimals_int, default=4,
-                     help="decimals printed (0-17)")
+                     help="decimals printed (0-100)")
     ins.set_defaults(handler=run_inspect)
 
 

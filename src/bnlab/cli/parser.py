@@ -53,8 +53,8 @@ positive_int = _number(int, lambda v: 1 <= v <= MAX_COUNT, "a positive integer",
                        f"a positive integer up to {MAX_COUNT}")
 non_negative_int = _number(int, lambda v: 0 <= v <= MAX_COUNT, "an integer",
                            f"in [0, {MAX_COUNT}]")
-# Decimals printed: 17 significant digits tell any float64 apart; more only repeats noise.
-decimals_int = _number(int, lambda v: 0 <= v <= 17, "an integer", "in [0, 17]")
+# Decimals printed: bounded (2**31 of them for every value exhausted memory).
+decimals_int = _number(int, lambda v: 0 <= v <= 100, "an integer", "in [0, 100]")
 seed_int = _number(int, lambda v: 0 <= v < 2**63, "an integer", "in [0, 2**63)")
 positive_float = _number(float, lambda v: 0 < v < math.inf, "a number", "a positive finite number")
 non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number", "finite and >= 0")

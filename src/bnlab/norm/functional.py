@@ -82,9 +82,9 @@ def update_running_stats(
     The running variance takes the unbiased batch variance, ``var * count / (count - 1)``.
     """
     mean, var = mean.detach(), var.detach()  # no forward-mode tangent into the buffers
-    pairs = [(buffer, stat) for buffer, stat in
-             ((running_mean, mean), (running_var, var * (count / (count - 1))))
-             if buffer is not None]
+    pairs = [(running_mean, mean)] if running_mean is not None else []
+    if running_var is not None:
+        pairs.append((running_var, var * (count / (count - 1))))
     for buffer, stat in pairs:
         if _is_vmapped(stat) and not _is_vmapped(buffer):
             raise RuntimeError(

@@ -145,6 +145,7 @@ class SyncBatchNorm(BatchNormBase):
         return apply_pool(apply_activation(out, self.activation), self.pool)
 
 
+@torch.compiler.disable  # (traced, its collective would be left unwaited)
 def _agree_on_channels(channels: int, device: torch.device,
                        group: dist.ProcessGroup) -> None:
     """Raise BatchNormArgumentError on every process of ``group`` unless all have
