@@ -3,6 +3,7 @@
 import io
 import pickle
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +146,21 @@ def test_a_file_that_grows_while_read_is_read_in_bounded_chunks(tmp_path, monkey
     # a limit from a manifest claiming 2**47 bytes: one read of that size raised MemoryError
     assert safety.read_limited(path, 1 << 47) == b"x" * 100
     assert safety.read_limited(path, 80) is None  # grew past the limit
+
+
+@pytest.mark.parametrize("header_bytes", [640, 896, 1152, 1408])  # first byte 0x80, then 2-5
+def test_a_safetensors_file_whose_header_length_reads_like_a_pickle_is_not_refused(
+        header_bytes):
+    import json
+
+    import safetensors.torch
+
+    from bnlab.checkpoint.safety import looks_like_pickle
+
+    header = json.dumps({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})
+    header = header.encode().ljust(header_bytes)  # (safetensors pads its header with spaces)
+    data = header_bytes.to_bytes(8, "little") + header + b"\0" * 8
+    assert data[0] == 0x80 and 2 <= data[1] <= 5
+    assert safetensors.torch.load(data)["t"].shape == (2,)  # a valid file
+    assert not looks_like_pickle(Path("optimizer.safetensors"), data)
+    assert looks_like_pickle(Path("optimizer.safetensors"), pickle.dumps({"a": 1}, protocol=2))

@@ -59,15 +59,26 @@ def looks_like_pickle(path: Path, data: bytes | None = None) -> bool:
     if data is None:
         try:
             with open(path, "rb") as f:
-                head = f.read(4)
+                head = f.read(9)
+                size = os.fstat(f.fileno()).st_size
         except OSError:
             return False
         source: Path | io.BytesIO = path
     else:
-        head, source = data[:4], io.BytesIO(data)
+        head, size, source = data[:9], len(data), io.BytesIO(data)
+    if _is_safetensors_start(head, size):
+        return False
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return True
     return head.startswith(_ZIP_MAGIC) and _zip_holds_pickle(source)
+
+
+def _is_safetensors_start(head: bytes, size: int) -> bool:
+    """Whether ``head`` (a file's first 9 bytes) opens a safetensors file of ``size`` bytes:
+    a little-endian 8-byte header length that fits, then the header's ``{``. Its first byte
+    may be 0x80 (a header of 640 or 896 bytes, ...), which alone would read as a pickle."""
+    return (len(head) == 9 and head[8:9] == b"{"
+            and int.from_bytes(head[:8], "little") <= size - 8)
 
 
 def refuse_pickle(path: Path, inside: Path | None = None, data: bytes | None = None) -> None:
