@@ -120,7 +120,10 @@ class SyncBatchNorm(BatchNormBase):
                 f"SyncBatchNorm({self.num_features}) got input with {input.shape[1]} channels "
                 f"(shape {tuple(input.shape)}); expected {self.num_features} in dim 1"
             )
-        if not self._channels_agreed:
+        # (Not while compiling: traced, its collective would be left unwaited; and
+        # torch.compiler.disable at import would import torch._dynamo, and with it Triton,
+        # with every `import bnlab`.)
+        if not torch.compiler.is_compiling() and not self._channels_agreed:
             _agree_on_channels(self.num_features, input.device, group)
             self._channels_agreed = True
         factor = 0.0 if self.momentum is None else self.momentum
@@ -145,7 +148,6 @@ class SyncBatchNorm(BatchNormBase):
         return apply_pool(apply_activation(out, self.activation), self.pool)
 
 
-@torch.compiler.disable  # (traced, its collective would be left unwaited)
 def _agree_on_channels(channels: int, device: torch.device,
                        group: dist.ProcessGroup) -> None:
     """Raise BatchNormArgumentError on every process of ``group`` unless all have
