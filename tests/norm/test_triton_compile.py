@@ -120,4 +120,3 @@ def test_every_triton_kernel_compiles_for_a_gpu_target(kernel, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(main())
-
