@@ -238,6 +238,65 @@ def test_bad_state_is_refused_before_writing(tmp_path, state, pattern):
     assert not (tmp_path / "ck").exists()
 
 
+def test_a_state_too_large_to_load_is_refused_at_save(tmp_path, monkeypatch):
+    from bnlab.checkpoint import runstate
+
+    monkeypatch.setattr(runstate, "MAX_STATE_BYTES", 4096)  # (64 MiB in earnest)
+    model, _ = trained_pair()
+    with pytest.raises(CheckpointError, match="state.json: would be .* bytes, over the 4096"):
+        save_checkpoint(tmp_path / "ck", model=model, state={"history": list(range(2000))})
+    assert not (tmp_path / "ck").exists()
+
+
+def _unstorable(kind):
+    model = nn.Linear(2, 2)
+    if kind == "reserved name":
+        model.register_buffer("__metadata__", torch.zeros(1))
+    elif kind == "sparse":
+        model.register_buffer("s", torch.eye(2).to_sparse())
+    elif kind == "lazy":
+        model = nn.LazyLinear(2)
+    elif kind == "complex128":
+        model.register_buffer("c", torch.zeros(2, dtype=torch.complex128))
+    return model
+
+
+@pytest.mark.parametrize("kind, pattern", [
+    ("reserved name", "'__metadata__' has the name safetensors reserves"),
+    ("sparse", "'s' is a torch.sparse_coo tensor, which safetensors cannot store"),
+    ("lazy", "'weight' is an uninitialized lazy parameter"),
+    ("complex128", "cannot be encoded as safetensors"),
+])
+def test_unstorable_tensors_are_one_line_errors_at_save(tmp_path, kind, pattern):
+    # (raw KeyError/RuntimeError/ValueError before, or a file that then failed to load)
+    with pytest.raises(CheckpointError, match=pattern):
+        save_checkpoint(tmp_path / "ck", model=_unstorable(kind))
+    assert not (tmp_path / "ck").exists()
+
+
+def test_numpy_scalar_settings_and_lazy_models_load_as_in_torch(tmp_path):
+    import numpy as np
+
+    model = nn.Sequential(nn.LazyLinear(3))
+    model(torch.randn(2, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=np.float32(1e-3))
+    path = save_checkpoint(tmp_path / "ck", model=model, optimizer=optimizer)
+    fresh = nn.Sequential(nn.LazyLinear(3))  # uninitialized: takes the saved shapes
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=np.float32(1e-3))
+    load_checkpoint(path, model=fresh, optimizer=fresh_optimizer)
+    assert bitwise_equal(dict(fresh.state_dict()), dict(model.state_dict()))
+
+
+def test_a_restore_that_fails_too_leaves_the_checkpoint_error_standing(tmp_path):
+    class Expanded(nn.Module):  # torch cannot load into an expanded buffer
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("e", torch.randn(1, 3).expand(4, 3))
+
+    path = save_checkpoint(tmp_path / "ck", model=Expanded())
+    expect_error(path, "cannot be loaded into the model", model=Expanded())
+
+
 def test_unstorable_optimizer_state(tmp_path):
     model, optimizer = trained_pair()
     optimizer.param_groups[0]["callback"] = print

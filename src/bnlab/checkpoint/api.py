@@ -16,6 +16,7 @@ Writes are atomic (:mod:`.atomic`); reads never unpickle.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 from .atomic import find_directory, replace_directory
 from .compat import apply_state, check_model, check_owner
@@ -228,7 +230,9 @@ def _load_tree(found: Path, name: str, kind: str, run: dict, map_location) -> tu
 def _snapshot(owner: Any) -> Any:
     """A copy of ``owner.state_dict()`` that loading into ``owner`` cannot change."""
     if isinstance(owner, nn.Module):  # its state dict aliases the live tensors
-        return {k: v.detach().clone() for k, v in owner.state_dict().items()}
+        # (an uninitialized lazy parameter has nothing to copy)
+        return {k: v if is_lazy(v) else v.detach().clone()
+                for k, v in owner.state_dict().items()}
     return copy.deepcopy(owner.state_dict())
 
 
@@ -241,7 +245,10 @@ def _apply_all(targets: list[tuple[Any, Any, Path, str]]) -> None:
             apply_state(owner, state, path, kind)
         except BaseException:
             for (earlier, *_), saved in zip(targets[: done + 1], snapshots):
-                earlier.load_state_dict(saved)
+                # A restore that fails too (state torch cannot load back, e.g. into an
+                # expanded buffer) must neither hide the error nor stop the others.
+                with contextlib.suppress(Exception):
+                    earlier.load_state_dict(saved)
             raise
 
 

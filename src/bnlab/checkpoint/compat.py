@@ -3,11 +3,13 @@ loaded into? Checked before anything is loaded, so a failed load changes nothing
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 from .errors import DAMAGED, CheckpointError
 
@@ -30,6 +32,8 @@ def check_model(model: nn.Module, saved: dict[str, Tensor], path: Path) -> None:
         problems.append(f"unexpected keys {_few(unexpected)}")
     for key in (k for k in expected if k in saved):
         mine, theirs = expected[key], saved[key]
+        if is_lazy(mine):
+            continue  # (an uninitialized lazy parameter takes the saved shape, as in torch)
         if isinstance(mine, Tensor) and tuple(mine.shape) != tuple(theirs.shape):
             mismatched.append(
                 f"{key}: saved shape {tuple(theirs.shape)}, model {tuple(mine.shape)}"
@@ -87,8 +91,8 @@ def _kind_of(value: Any) -> str:
     """A hyperparameter's kind, for comparing a saved value with the optimizer's own."""
     if isinstance(value, bool):
         return "flag"
-    if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
-        return "number"
+    if isinstance(value, numbers.Real) or (isinstance(value, Tensor) and value.numel() == 1):
+        return "number"  # (numbers.Real: also numpy's scalars, which torch takes)
     if isinstance(value, (tuple, list)):
         return f"{len(value)} numbers" if all(_kind_of(v) == "number" for v in value) else "list"
     return type(value).__name__

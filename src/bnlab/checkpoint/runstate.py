@@ -82,13 +82,18 @@ def build_run_state(
     run.update(state)
     run["files"] = {name: file_entry(data) for name, data in files.items()}
     try:
-        return json.dumps(run, indent=2).encode("utf-8")
-    except (TypeError, ValueError) as exc:  # ValueError: a circular reference
+        data = json.dumps(run, indent=2).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:  # ValueError: a circular reference
         raise CheckpointError(
             path,
             f"state is not JSON-serializable ({exc})",
             "pass only dicts, lists, strings, numbers, booleans and None in state",
         ) from exc
+    if len(data) > MAX_STATE_BYTES:  # (what a load reads: refused here, not there)
+        raise CheckpointError(
+            path, f"would be {len(data)} bytes, over the {MAX_STATE_BYTES} a load reads",
+            "keep long logs (per-step histories) in files of their own, not in state")
+    return data
 
 
 def _check_types(run: Mapping[str, Any], path: Path, what: str, hint: str) -> None:

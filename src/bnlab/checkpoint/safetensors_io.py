@@ -10,6 +10,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 from torch import Tensor
+from torch.nn.parameter import is_lazy
 
 from .errors import DAMAGED, CheckpointError
 from .safety import refuse_pickle
@@ -17,6 +18,10 @@ from .safety import refuse_pickle
 __all__ = ["from_bytes", "storable", "to_bytes"]
 
 _HEADER_LEN = 8  # little-endian u64 length of the JSON header that starts the file
+# Dtypes safetensors writes but cannot read back (0.8: no reader for F8_E8M0)
+_UNREADABLE = frozenset(filter(None, [getattr(torch, "float8_e8m0fnu", None)]))
+# The safetensors header's own key: a tensor of that name would be taken for the metadata
+_RESERVED = "__metadata__"
 
 
 def storable(tensors: Mapping[str, object], path: Path) -> dict[str, Tensor]:
@@ -25,13 +30,28 @@ def storable(tensors: Mapping[str, object], path: Path) -> dict[str, Tensor]:
     Raises :class:`CheckpointError` (naming ``path``) for a value that is not a tensor."""
     out: dict[str, Tensor] = {}
     for key, value in tensors.items():
+        if key == _RESERVED:
+            raise CheckpointError(path, f"entry {key!r} has the name safetensors reserves "
+                                  "for its metadata", "rename that parameter or buffer")
         if not isinstance(value, Tensor):
             raise CheckpointError(
                 path,
                 f"entry {key!r} is a {type(value).__name__}, not a tensor",
                 "only tensors can be stored in safetensors; keep other state in `state`",
             )
-        out[key] = value.detach().to("cpu", copy=True).contiguous()
+        if is_lazy(value):
+            raise CheckpointError(path, f"entry {key!r} is an uninitialized lazy parameter",
+                                  "run a forward pass first, so that it has a shape")
+        what = value.dtype if value.layout == torch.strided else value.layout
+        if value.layout != torch.strided or value.dtype in _UNREADABLE:
+            raise CheckpointError(
+                path, f"entry {key!r} is a {what} tensor, which safetensors cannot store "
+                "(or read back)", "store such tensors dense, in a supported dtype")
+        try:
+            out[key] = value.detach().to("cpu", copy=True).contiguous()
+        except (RuntimeError, NotImplementedError) as exc:  # e.g. float4: no copy kernel
+            raise CheckpointError(path, f"entry {key!r} ({what}) cannot be copied for "
+                                  f"storing ({exc})", "store it in a supported dtype") from exc
     return out
 
 
@@ -39,7 +59,8 @@ def to_bytes(tensors: dict[str, Tensor], metadata: Mapping[str, str], path: Path
     """The safetensors encoding of ``tensors`` (from :func:`storable`) with ``metadata``."""
     try:
         return _canonical(safetensors.torch.save(tensors, metadata=dict(metadata)))
-    except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a dtype safetensors lacks
+    except (ValueError, TypeError, RuntimeError, KeyError, NotImplementedError) as exc:
+        # e.g. a dtype safetensors lacks (KeyError for complex128, NotImplementedError...)
         raise CheckpointError(
             path,
             f"cannot be encoded as safetensors ({exc})",
