@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 from checkpoint_helpers import bitwise_equal, make_model, train_steps, trained_pair
+from torch import nn
 
 from bnlab.checkpoint import (
     CheckpointError,
@@ -206,3 +207,25 @@ def test_a_failed_fsync_after_the_swap_keeps_the_new_copy_quietly(tmp_path, monk
     save_checkpoint(target, model=model, state={"epoch": 2})  # the new copy is in place
     assert read_checkpoint_state(target)["epoch"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
+
+
+def test_a_load_during_a_save_reads_one_whole_checkpoint(tmp_path, monkeypatch):
+    # The reader opens files one by one: a save swapping the directory in between used to
+    # pair the old state.json with the new model file ("corrupted: SHA-256 differs").
+    from bnlab.checkpoint import api
+
+    first, second = nn.Linear(3, 2), nn.Linear(3, 2)
+    path = save_checkpoint(tmp_path / "ck", model=first, state={"epoch": 1})
+    real_read_listed = api._read_listed
+    saves = []
+
+    def read_listed_while_saving(found, name, run):
+        if not saves:  # the trainer saves its next epoch right now
+            saves.append(save_checkpoint(path, model=second, state={"epoch": 2}))
+        return real_read_listed(found, name, run)
+
+    monkeypatch.setattr(api, "_read_listed", read_listed_while_saving)
+    fresh = nn.Linear(3, 2)
+    checkpoint = load_checkpoint(path, model=fresh)
+    assert checkpoint.state["epoch"] == 2
+    assert torch.equal(fresh.weight, second.weight)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
-from .atomic import find_directory, replace_directory
+from .atomic import find_directory, read_consistently, replace_directory
 from .compat import apply_state, check_model, check_owner
 from .errors import DAMAGED, CheckpointError
 from .runstate import (
@@ -254,7 +254,7 @@ def _apply_all(targets: list[tuple[Any, Any, Path, str]]) -> None:
 
 def read_checkpoint_state(directory: str | Path) -> dict[str, Any]:
     """The validated run state (``state.json``) of the checkpoint in ``directory``."""
-    return _read_run_state(_locate(directory))
+    return read_consistently(Path(directory), lambda: _read_run_state(_locate(directory)))
 
 
 def load_checkpoint(
@@ -273,6 +273,24 @@ def load_checkpoint(
     ``checkpoint.state["rng"]``. Raises
     :class:`CheckpointError` for pickles, missing/corrupt/truncated files, bad JSON, a wrong
     format or version, or a model/optimizer/scheduler that does not match."""
+    found, run, model_state, trees = read_consistently(
+        Path(directory), lambda: _read_all(directory, optimizer, scheduler, map_location))
+    model_path = found / MODEL_FILE
+    if model is not None:
+        check_model(model, model_state, model_path)
+    targets = [(owner, state, path, kind) for owner, state, path, kind in (
+        (model, model_state, model_path, "model"),
+        (optimizer, trees.get("optimizer"), found / OPTIMIZER_FILE, "optimizer"),
+        (scheduler, trees.get("scheduler"), found / SCHEDULER_FILE, "scheduler"),
+    ) if owner is not None]
+    _apply_all(targets)
+    return Checkpoint(run, model_state, trees.get("optimizer"), trees.get("scheduler"), found)
+
+
+def _read_all(directory: str | Path, optimizer: Any, scheduler: Any, map_location
+              ) -> tuple[Path, dict[str, Any], dict[str, Tensor], dict[str, Any]]:
+    """``(found, run state, model state, {kind: tree})``, every file read and checked (and the
+    trees against ``optimizer``/``scheduler``), nothing loaded."""
     found = _locate(directory)
     run = _read_run_state(found)
     model_path = found / MODEL_FILE
@@ -295,13 +313,4 @@ def load_checkpoint(
         if owner is not None:
             check_owner(owner, saved_class, tree, kind, found / name)
         trees[kind] = tree
-
-    if model is not None:
-        check_model(model, model_state, model_path)
-    targets = [(owner, state, path, kind) for owner, state, path, kind in (
-        (model, model_state, model_path, "model"),
-        (optimizer, trees.get("optimizer"), found / OPTIMIZER_FILE, "optimizer"),
-        (scheduler, trees.get("scheduler"), found / SCHEDULER_FILE, "scheduler"),
-    ) if owner is not None]
-    _apply_all(targets)
-    return Checkpoint(run, model_state, trees.get("optimizer"), trees.get("scheduler"), found)
+    return found, run, model_state, trees

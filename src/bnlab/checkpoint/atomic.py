@@ -23,12 +23,15 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
+from typing import TypeVar
 
 from ..atomic_files import fsync_directory
 
-__all__ = ["find_directory", "fsync_directory", "replace_directory", "write_file"]
+__all__ = ["find_directory", "fsync_directory", "read_consistently", "replace_directory",
+           "write_file"]
 
 _TMP, _OLD = "tmp", "old"
+_T = TypeVar("_T")
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -61,6 +64,30 @@ def find_directory(target: Path, is_complete: Callable[[Path], bool]) -> Path | 
         if is_complete(old):
             return old
     return None
+
+
+def read_consistently(target: Path, read: Callable[[], _T], attempts: int = 5) -> _T:
+    """``read()``, again if it failed while a save replaced ``target``: a reader that opens
+    files one by one may pair one save's ``state.json`` with another's data (or find the
+    directory renamed aside). A failure with ``target`` unchanged is raised at once."""
+    for attempt in range(attempts):
+        before = _identity(target)
+        try:
+            return read()
+        except Exception:
+            if attempt == attempts - 1 or _identity(target) == before:
+                raise
+            time.sleep(0.01 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _identity(target: Path) -> tuple[int, int] | None:
+    """Which directory ``target`` names now (a save swaps in another), None if none."""
+    try:
+        info = os.stat(target)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
 
 
 def _recover(target: Path, is_complete: Callable[[Path], bool]) -> None:
