@@ -16,8 +16,6 @@ Writes are atomic (:mod:`.atomic`); reads never unpickle.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -26,10 +24,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parameter import is_lazy
 
 from .atomic import find_directory, read_consistently, replace_directory
-from .compat import apply_state, check_model, check_owner
+from .compat import apply_all, check_model, check_owner
 from .errors import DAMAGED, CheckpointError
 from .runstate import (
     DATA_FILES,
@@ -227,31 +224,6 @@ def _load_tree(found: Path, name: str, kind: str, run: dict, map_location) -> tu
     return tree, metadata.get("class", "")
 
 
-def _snapshot(owner: Any) -> Any:
-    """A copy of ``owner.state_dict()`` that loading into ``owner`` cannot change."""
-    if isinstance(owner, nn.Module):  # its state dict aliases the live tensors
-        # (an uninitialized lazy parameter has nothing to copy)
-        return {k: v if is_lazy(v) else v.detach().clone()
-                for k, v in owner.state_dict().items()}
-    return copy.deepcopy(owner.state_dict())
-
-
-def _apply_all(targets: list[tuple[Any, Any, Path, str]]) -> None:
-    """Load each ``(owner, state, path, kind)`` in turn; if one fails, restore those already
-    changed (and the failed one) to their snapshots, then raise its error."""
-    snapshots = [_snapshot(owner) for owner, *_ in targets]
-    for done, (owner, state, path, kind) in enumerate(targets):
-        try:
-            apply_state(owner, state, path, kind)
-        except BaseException:
-            for (earlier, *_), saved in zip(targets[: done + 1], snapshots):
-                # A restore that fails too (state torch cannot load back, e.g. into an
-                # expanded buffer) must neither hide the error nor stop the others.
-                with contextlib.suppress(Exception):
-                    earlier.load_state_dict(saved)
-            raise
-
-
 def read_checkpoint_state(directory: str | Path) -> dict[str, Any]:
     """The validated run state (``state.json``) of the checkpoint in ``directory``."""
     return read_consistently(Path(directory), lambda: _read_run_state(_locate(directory)))
@@ -283,7 +255,7 @@ def load_checkpoint(
         (optimizer, trees.get("optimizer"), found / OPTIMIZER_FILE, "optimizer"),
         (scheduler, trees.get("scheduler"), found / SCHEDULER_FILE, "scheduler"),
     ) if owner is not None]
-    _apply_all(targets)
+    apply_all(targets)
     return Checkpoint(run, model_state, trees.get("optimizer"), trees.get("scheduler"), found)
 
 

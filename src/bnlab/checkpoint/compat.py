@@ -1,8 +1,11 @@
 """Load-time compatibility: does a saved state fit the model, optimizer or scheduler it is being
-loaded into? Checked before anything is loaded, so a failed load changes nothing."""
+loaded into? Checked before anything is loaded, so a failed load changes nothing; and the
+load itself (:func:`apply_all`), which puts back what it changed if one part fails."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import numbers
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from torch.nn.parameter import is_lazy
 
 from .errors import DAMAGED, CheckpointError
 
-__all__ = ["apply_state", "check_model", "check_owner"]
+__all__ = ["apply_all", "apply_state", "check_model", "check_owner"]
 
 
 def _few(keys: list[str]) -> str:
@@ -156,3 +159,28 @@ def apply_state(owner: Any, state: Any, path: Path, kind: str) -> None:
             f"cannot be loaded into the {kind} ({type(exc).__name__}: {exc})",
             f"build the {kind} as in the run that saved it",
         ) from exc
+
+
+def _snapshot(owner: Any) -> Any:
+    """A copy of ``owner.state_dict()`` that loading into ``owner`` cannot change."""
+    if isinstance(owner, nn.Module):  # its state dict aliases the live tensors
+        # (an uninitialized lazy parameter has nothing to copy)
+        return {k: v if is_lazy(v) else v.detach().clone()
+                for k, v in owner.state_dict().items()}
+    return copy.deepcopy(owner.state_dict())
+
+
+def apply_all(targets: list[tuple[Any, Any, Path, str]]) -> None:
+    """Load each ``(owner, state, path, kind)`` in turn; if one fails, restore those already
+    changed (and the failed one) to their snapshots, then raise its error."""
+    snapshots = [_snapshot(owner) for owner, *_ in targets]
+    for done, (owner, state, path, kind) in enumerate(targets):
+        try:
+            apply_state(owner, state, path, kind)
+        except BaseException:
+            for (earlier, *_), saved in zip(targets[: done + 1], snapshots):
+                # A restore that fails too (state torch cannot load back, e.g. into an
+                # expanded buffer) must neither hide the error nor stop the others.
+                with contextlib.suppress(Exception):
+                    earlier.load_state_dict(saved)
+            raise
