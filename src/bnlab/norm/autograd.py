@@ -123,14 +123,14 @@ class BatchNormFunction(BatchNormVjpFunction):
         x, mean, invstd, weight = ctx.saved_tensors
         dt = invstd.dtype
         xmu = x.to(dt) - channel_view(mean, x)
-        if ctx.batch_statistics:
-            dmean = dvar = None
+        d_xmu = xmu.new_zeros(()) if dx is None else dx.to(dt)
+        if ctx.batch_statistics:  # d mean = mean(dx), d var = 2 mean(xmu * (dx - d mean))
+            dvar = None
             if dx is not None:
                 dims = reduce_dims(x)
-                dmean = dx.to(dt).mean(dims)
-                dvar = 2 * (xmu * (dx.to(dt) - channel_view(dmean, x))).mean(dims)
-        d_xmu = xmu.new_zeros(()) if dx is None else dx.to(dt)
-        if dmean is not None:
+                d_xmu = d_xmu - channel_view(d_xmu.mean(dims), x)
+                dvar = 2 * (xmu * d_xmu).mean(dims)
+        elif dmean is not None:
             d_xmu = d_xmu - channel_view(dmean, x)
         d_xhat = d_xmu * channel_view(invstd, x)
         if dvar is not None:  # d invstd = -invstd^3 / 2 * d var

@@ -86,7 +86,7 @@ def update_running_stats(
     if running_var is not None:
         pairs.append((running_var, var * (count / (count - 1))))
     for buffer, stat in pairs:
-        if _is_vmapped(stat) and not _is_vmapped(buffer):
+        if _is_batched_tensor(stat) and not _is_batched_tensor(buffer):
             raise RuntimeError(
                 "batch norm got a batched input under vmap while its running statistics, "
                 "which it would update in place, are not batched: use eval mode, "
@@ -98,11 +98,8 @@ def update_running_stats(
         buffer.copy_(value)
 
 
-def _is_vmapped(t: Tensor) -> bool:
-    """Whether ``t`` is a tensor batched by ``torch.func.vmap`` (seen inside the vmapped
-    function)."""
-    is_batched = getattr(torch._C._functorch, "is_batchedtensor", None)
-    return bool(is_batched is not None and is_batched(t))
+# Whether a tensor is one batched by torch.func.vmap (as seen inside the vmapped function)
+_is_batched_tensor = getattr(torch._C._functorch, "is_batchedtensor", lambda t: False)
 
 
 def normalize(
