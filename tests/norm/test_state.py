@@ -78,3 +78,18 @@ def test_torch_save_round_trip_of_state_dict():
     fresh = nn.BatchNorm1d(4)
     fresh.load_state_dict(torch.load(buf, weights_only=True))
     torch.testing.assert_close(fresh.running_var, layer.running_var)
+
+
+def test_training_bumps_the_buffers_versions_as_in_place_updates(kernel):
+    # Every kernel path writes the running statistics and the counter in place; autograd
+    # must know (torch's own layer bumps num_batches_tracked's version with its add_).
+    layer = bnlab.BatchNorm2d(3)
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    buffers = (layer.running_mean, layer.running_var, layer.num_batches_tracked)
+    before = [b._version for b in buffers]
+    layer(x).sum().backward()
+    assert all(b._version > v for b, v in zip(buffers, before))
+    layer.eval()
+    before = [b._version for b in buffers]
+    layer(x)
+    assert [b._version for b in buffers] == before  # evaluation writes nothing

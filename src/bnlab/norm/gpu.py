@@ -30,6 +30,7 @@ from .gpu_plan import plan
 from .kernels import triton_node
 
 _has_storage = torch._C._has_storage
+_increment_version = torch.autograd.graph.increment_version
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ACT_CODES = {None: 0, "relu": 1, "sigmoid": 2}
 _ACTIVATIONS = tuple(_ACT_CODES)  # by code
@@ -151,6 +152,12 @@ def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
             x, y, w, b, rm, rv, stats, part, cnt, n, c, s, p.rows_per_part, momentum, eps,
             STATS=stats_mode, BLOCK_N=p.block_n, BLOCK_S=p.block_x, BLOCK_P=p.block_p,
             num_warps=p.warps, **flags)
+    # The kernels wrote these in place behind autograd's back: bumped as in-place ops would
+    # (as the other paths do), so a stale saved copy is an error, not a wrong gradient.
+    if batch_statistics:
+        for t in (counter, running_mean, running_var):
+            if t is not None and not t.is_inference():
+                _increment_version(t)
     return y, stats
 
 
