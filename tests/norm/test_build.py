@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bnlab.norm.kernels import build
+from bnlab.norm.kernels import build, cache_records
 
 # Nothing here depends on which kernels run: once, not for each of the kernel parameters.
 pytestmark = pytest.mark.parametrize("kernel", ["reference"], indirect=True)
@@ -129,10 +129,48 @@ def test_a_failed_compile_is_not_repeated_by_every_process(cache, tmp_path, monk
             build.build()
     assert (tmp_path / "fake_cc.py.failures").read_text() == "1"  # compiled once, not thrice
     (record,) = cache.glob("*.failed")
-    past = time.time() - build.RETRY_AFTER_S - 1
+    past = time.time() - cache_records.RETRY_AFTER_S - 1
     os.utime(record, (past, past))  # an hour later: tried again
     with pytest.raises(RuntimeError, match="failed"):
         build.build()
     assert (tmp_path / "fake_cc.py.failures").read_text() == "11"
     monkeypatch.setenv("CXX", f"{sys.executable} {script}")  # another compiler: tried now
     assert build.build().exists() and not record.exists()
+
+
+def _aged(path, seconds):
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_a_build_removes_other_builds_unused_for_a_month(cache):
+    name = build.library_path().name
+    month = cache_records.PRUNE_AFTER_S
+    stale, recent, old_unverified, other_library = (
+        cache / "stale", cache / "recent", cache / "oldbnlab", cache / "other")
+    for directory in (stale, recent, old_unverified, other_library):
+        directory.mkdir(parents=True)
+    for directory in (stale, recent):
+        (directory / name).write_bytes(b"an earlier build")
+        (directory / (name + ".sha256")).write_text("0" * 64)
+    (old_unverified / name).write_bytes(b"from before the digests")
+    (other_library / "bnlab_fast_entry.so").write_bytes(b"another library")
+    _aged(stale / (name + ".sha256"), month + 60)
+    _aged(old_unverified / name, month + 60)
+    _aged(other_library / "bnlab_fast_entry.so", month + 60)
+    old_record = cache / f"gone-{build.library_path().stem}.failed"
+    old_record.write_text("c++\nold failure")
+    _aged(old_record, month + 60)
+    path = build.build()
+    assert path.exists()
+    assert not stale.exists() and not old_unverified.exists() and not old_record.exists()
+    assert (recent / name).exists()  # used within the month
+    assert (other_library / "bnlab_fast_entry.so").exists()  # only this library's builds
+
+
+def test_loading_a_cached_library_marks_it_used_so_it_is_kept(cache):
+    path = build.build()
+    digest = path.parent / (path.name + ".sha256")
+    _aged(digest, 2 * 86400)
+    assert build.build() == path
+    assert time.time() - digest.stat().st_mtime < 60  # marked (at most once a day)

@@ -13,7 +13,11 @@ crash the process when loaded, not raise) is deleted and built again. A library 
 file (an older bnlab's) is rebuilt where the cache is writable, and loaded as it is where
 not. A compile that fails (or runs past ``BUILD_TIMEOUT_S``) is recorded in the cache, so
 the processes after it fall back at once instead of compiling again for minutes: it is
-retried after ``RETRY_AFTER_S``, when ``$CXX`` changes, or when the record is deleted.
+retried after an hour, when ``$CXX`` changes, or when the record is deleted. A build also
+removes the same library's other builds (older sources, torch versions, ...) that no
+process has loaded for 30 days: each load marks its library as used, at most once a day
+(:mod:`.cache_records`). The compiler is not part of the key: a library that was built stays
+a valid build for its torch, and ``$CXX`` matters only when one must be built.
 """
 
 from __future__ import annotations
@@ -28,10 +32,19 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from .cache_records import (
+    digest_path,
+    intact,
+    mark_used,
+    prune,
+    raise_if_failed_recently,
+    record_failure,
+    sweep,
+)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 # Headers every kernel library may include (this directory is on each one's include path).
@@ -49,7 +62,6 @@ def _compiler() -> list[str]:
 
 
 BUILD_TIMEOUT_S = 900
-RETRY_AFTER_S = 3600
 
 
 def cache_dir() -> Path:
@@ -111,36 +123,14 @@ def library_path(source: Path = SOURCE, python: bool = False) -> Path:
     return cache_dir() / key.hexdigest()[:16] / f"bnlab_{source.stem}.so"
 
 
-def _digest_path(library: Path) -> Path:
-    return library.with_name(library.name + ".sha256")
-
-
-def _intact(library: Path) -> bool:
-    """Whether ``library`` exists with the bytes recorded beside it when it was built."""
-    try:
-        recorded = _digest_path(library).read_text().strip()
-        return hashlib.sha256(library.read_bytes()).hexdigest() == recorded
-    except OSError:
-        return False
-
-
-def _sweep(directory: Path, max_age_s: float = 3600.0) -> None:
-    """Remove temp files of builds that were killed (none younger: a build may be running)."""
-    for leftover in directory.glob(".build-*"):
-        try:
-            if time.time() - leftover.stat().st_mtime > max_age_s:
-                leftover.unlink()
-        except OSError:
-            pass
-
-
 def build(source: Path = SOURCE, verbose: bool = False, python: bool = False) -> Path:
     """Compile ``source`` unless its library is cached intact; returns the library's path.
     Raises RuntimeError."""
     target = library_path(source, python)
-    if _intact(target):
+    if intact(target):
+        mark_used(target)
         return target
-    digest = _digest_path(target)
+    digest = digest_path(target)
     if target.exists() and not os.access(target.parent, os.W_OK):
         if not digest.exists():  # a read-only cache from before the digests: as it is
             return target
@@ -148,13 +138,13 @@ def build(source: Path = SOURCE, verbose: bool = False, python: bool = False) ->
                            "read-only: remove it, or set BNLAB_KERNEL_CACHE elsewhere")
     failed = target.parent.with_name(f"{target.parent.name}-{target.stem}.failed")
     compiler = os.environ.get("CXX") or "c++"
-    _raise_if_failed_recently(failed, compiler)
+    raise_if_failed_recently(failed, compiler)
     try:
         built = _rebuild(source, target, verbose, python)
         failed.unlink(missing_ok=True)
         return built
     except _CompileFailed as err:
-        _record_failure(failed, compiler, str(err))
+        record_failure(failed, compiler, str(err))
         raise RuntimeError(str(err)) from None
     except OSError as err:  # the cache directory: unwritable, full, ...
         raise RuntimeError(f"cannot build into {target.parent}: {err}") from None
@@ -164,28 +154,8 @@ class _CompileFailed(RuntimeError):
     """The compiler ran and failed (or ran too long): worth remembering."""
 
 
-def _raise_if_failed_recently(record: Path, compiler: str) -> None:
-    try:
-        age = time.time() - record.stat().st_mtime
-        recorded_compiler, _, message = record.read_text().partition("\n")
-    except OSError:
-        return
-    if age < RETRY_AFTER_S and recorded_compiler == compiler:
-        raise RuntimeError(f"{message} [failed {age / 60:.0f} min ago: retried after "
-                           f"{RETRY_AFTER_S // 60} min, when $CXX changes, or once {record} "
-                           "is deleted]")
-
-
-def _record_failure(record: Path, compiler: str, message: str) -> None:
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(f"{compiler}\n{message}")
-    except OSError:
-        pass  # unrecorded: the next process tries again
-
-
 def _rebuild(source: Path, target: Path, verbose: bool, python: bool) -> Path:
-    for stale in (target, _digest_path(target)):  # damaged or unverifiable: never loaded
+    for stale in (target, digest_path(target)):  # damaged or unverifiable: never loaded
         stale.unlink(missing_ok=True)
     compiler = _compiler()
     if not compiler or shutil.which(compiler[0]) is None:
@@ -193,7 +163,7 @@ def _rebuild(source: Path, target: Path, verbose: bool, python: bool) -> Path:
                            "or the default) on PATH")
     fresh = not target.parent.exists()
     target.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(target.parent)
+    sweep(target.parent)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
     os.close(fd)
     built = False
@@ -211,6 +181,10 @@ def _rebuild(source: Path, target: Path, verbose: bool, python: bool) -> Path:
             print(proc.stderr, file=sys.stderr)
         _install(Path(tmp), target)
         built = True
+        try:
+            prune(target)
+        except OSError:
+            pass  # housekeeping only
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -242,7 +216,7 @@ def _install(built: Path, target: Path) -> None:
     data = built.read_bytes()
     with open(built, "rb+") as handle:
         os.fsync(handle.fileno())
-    digest = _digest_path(target)
+    digest = digest_path(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".sha256")
     with os.fdopen(fd, "w") as handle:
         handle.write(hashlib.sha256(data).hexdigest() + "\n")
