@@ -96,6 +96,7 @@ def test_cuda_states_are_captured_and_restored_per_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: states[d])
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: restored.append((s.clone(), d)))
     state = capture_rng_state()
     assert len(state["cuda"]) == 2
@@ -105,3 +106,25 @@ def test_cuda_states_are_captured_and_restored_per_device(monkeypatch):
     assert len(restored) == 1 and restored[0][1] == 0
     assert torch.equal(restored[0][0], states[0])
     assert "2 CUDA generator(s) but this machine has 1" in str(caught[0].message)
+
+
+def test_a_cuda_state_of_the_wrong_size_fails_before_any_generator_is_set(monkeypatch):
+    live = torch.arange(16, dtype=torch.uint8)  # Philox: seed and offset
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [live])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: live)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: restored.append(d))
+    state = capture_rng_state()
+    state["cuda"][0] = "AAAA"  # 3 bytes
+    torch.manual_seed(11)
+    random.seed(11)
+    np.random.seed(11)
+    with pytest.raises(CheckpointError, match=r"'cuda\[0\]' holds 3 bytes, not the 16"):
+        restore_rng_state(state)
+    got = draws()
+    torch.manual_seed(11)
+    random.seed(11)
+    np.random.seed(11)
+    assert got == draws() and restored == []

@@ -138,11 +138,23 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         raise
     except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
         raise _rng_error(f"malformed generator state ({exc})") from exc
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # The device generators cannot be tried on throwaway copies: their states' sizes are
+    # checked against the live ones instead, so a bad one fails before anything is set.
+    for index, cuda_state in enumerate(cuda[:available]):
+        expected = torch.cuda.get_rng_state(index).numel()
+        if cuda_state.numel() != expected:
+            raise _rng_error(f"'cuda[{index}]' holds {cuda_state.numel()} bytes, not the "
+                             f"{expected} of this machine's CUDA generator")
+    if mps is not None and _mps_available():
+        expected = torch.mps.get_rng_state().numel()
+        if mps.numel() != expected:
+            raise _rng_error(f"'mps' holds {mps.numel()} bytes, not the {expected} of this "
+                             "machine's MPS generator")
 
     torch.set_rng_state(torch_state)
     random.setstate(py_state)
     np.random.set_state(np_state)
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for index, cuda_state in enumerate(cuda[:available]):
         torch.cuda.set_rng_state(cuda_state, index)
     if len(cuda) > available:
