@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import http.server
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,8 @@ class Reply:
     status: int = 200
     body: bytes = b""
     send: int | None = None  # None: all of it; else cut the connection after this many
+    length: str | None = None  # the Content-Length header: None for the body's, "" for none
+    trickle: float = 0.0  # seconds between bytes (0: all at once)
 
 
 class MirrorServer:
@@ -124,9 +127,21 @@ class MirrorServer:
                 replies = server.routes.get(self.path) or [Reply(404, b"not found")]
                 reply = replies.pop(0) if len(replies) > 1 else replies[0]
                 self.send_response(reply.status)
-                self.send_header("Content-Length", str(len(reply.body)))
+                length = str(len(reply.body)) if reply.length is None else reply.length
+                if length:
+                    self.send_header("Content-Length", length)
                 self.end_headers()
-                self.wfile.write(reply.body[: reply.send])
+                body = reply.body[: reply.send]
+                if not reply.trickle:
+                    self.wfile.write(body)
+                    return
+                try:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(reply.trickle)
+                except OSError:
+                    pass  # the client gave up
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -145,9 +160,10 @@ class MirrorServer:
         ]
 
     @staticmethod
-    def reply(status: int, body: bytes, send: int | None = None) -> Reply:
-        """A reply that sends only ``send`` bytes of ``body`` (then drops the connection)."""
-        return Reply(status, body, send)
+    def reply(status: int, body: bytes, send: int | None = None, **options: object) -> Reply:
+        """A reply that sends only ``send`` bytes of ``body`` (then drops the connection);
+        ``options``: :class:`Reply`'s ``length`` and ``trickle``."""
+        return Reply(status, body, send, **options)
 
     def __enter__(self) -> MirrorServer:
         self.thread.start()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import os
+import time
 import urllib.request
 
 import numpy as np
@@ -193,3 +195,59 @@ def test_urls_that_cannot_work_are_not_retried(mirror, found, tmp_path):
 def test_download_config_refuses_what_cannot_work(kwargs):
     with pytest.raises(ValueError):
         DownloadConfig(**kwargs)
+
+
+def test_a_trickling_transfer_is_a_timeout_not_a_hang(mirror_server, tmp_path):
+    # One byte every 0.2 s: every socket read succeeds within the timeout, yet the file
+    # would take minutes; under MIN_BYTES_PER_TIMEOUT bytes per timeout_s is a stall.
+    mirror_server.serve(PATH, mirror_server.reply(200, GOOD + b"\0" * 1000, length="", trickle=0.2))
+    slow = dataclasses.replace(config(mirror_server.url, attempts=1), timeout_s=1)
+    with pytest.raises(DatasetError) as info:
+        download_file(SPEC, tmp_path, slow)
+    assert "stalled" in info.value.found and "(1 attempt)" in info.value.found
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_body_larger_than_any_gzip_of_the_file_is_cut_off(mirror_server, tmp_path,
+                                                          announced):
+    limit = download_module.max_archive_bytes(SPEC)
+    huge = GOOD + b"\0" * (4 * limit)
+    mirror_server.serve(PATH, mirror_server.reply(200, huge, length=None if announced else ""))
+    sleeps: list[float] = []
+    with pytest.raises(DatasetError) as info:
+        download_file(SPEC, tmp_path, config(mirror_server.url, sleeps=sleeps))
+    assert ("announces" if announced else "sent over") in info.value.found
+    assert sleeps == [] and leftovers(tmp_path) == []  # refused: not retried
+
+
+def test_a_negative_content_length_is_ignored(mirror_server, tmp_path):
+    mirror_server.serve(PATH, mirror_server.reply(200, GOOD, length="-5"))
+    assert download_file(SPEC, tmp_path, config(mirror_server.url)).read_bytes() == GOOD
+
+
+def test_an_invalid_url_is_not_retried(mirror_server, tmp_path):
+    sleeps: list[float] = []
+    mirror_server.serve(PATH, GOOD)
+    got = download_file(SPEC, tmp_path, config("http://127.0.0.1:abc/", mirror_server.url,
+                                               sleeps=sleeps))
+    assert got.read_bytes() == GOOD and sleeps == []
+
+
+def test_a_killed_download_s_temp_file_is_removed_a_day_later(mirror_server, tmp_path):
+    old, young = (tmp_path / f".{SPEC.archive}.{tag}.part"
+                  for tag in ("killed", "running"))
+    for part in (old, young):
+        part.write_bytes(b"half a download")
+    day_ago = time.time() - download_module.STALE_PART_S - 60
+    os.utime(old, (day_ago, day_ago))
+    mirror_server.serve(PATH, GOOD)
+    download_file(SPEC, tmp_path, config(mirror_server.url))
+    assert not old.exists() and young.exists()
+
+
+def test_a_failed_download_leaves_no_directory_it_created(tmp_path):
+    target = tmp_path / "new" / "data"
+    with pytest.raises(DatasetError):
+        download_file(SPEC, target, config("http://127.0.0.1:9/", attempts=1))
+    assert not target.exists()

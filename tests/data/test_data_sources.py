@@ -141,3 +141,45 @@ def test_an_unreadable_cache_is_named_when_nothing_is_found(isolated, monkeypatc
 def test_an_empty_root_is_not_the_current_directory():
     with pytest.raises(ValueError, match="empty"):
         locate("")
+
+
+def test_an_explicit_directory_whose_name_is_too_long_is_a_clear_error(isolated, monkeypatch):
+    long_name = isolated / ("a" * 300)  # ENAMETOOLONG from stat (Path.exists lets it through)
+    for use in ("root", "env"):
+        if use == "env":
+            monkeypatch.setenv("BNLAB_DATA", str(long_name))
+        with pytest.raises(DatasetError) as info:
+            locate(long_name if use == "root" else None)
+        assert info.value.expected == "a directory that can be searched"
+        assert "File name too long" in info.value.found
+
+
+def _homeless(monkeypatch):
+    """As a container run under a uid without a passwd entry, with HOME unset."""
+    monkeypatch.delenv("HOME")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+
+
+def test_without_a_home_directory_an_explicit_root_still_loads(isolated, make_tiny,
+                                                               monkeypatch):
+    from bnlab.data import DecodedCache, load_data_fashion_mnist
+
+    make_tiny(isolated / "root")
+    _homeless(monkeypatch)
+    assert user_cache_dir() is None and DecodedCache.default() is None
+    train, test = load_data_fashion_mnist(4, root=isolated / "root")
+    images, labels = next(iter(train))
+    assert images.shape[0] == labels.shape[0] == 4
+
+
+def test_without_a_home_directory_nothing_found_says_where_to_put_the_data(isolated,
+                                                                           monkeypatch):
+    _homeless(monkeypatch)
+    with pytest.raises(DatasetError) as info:
+        locate(download=True)
+    assert "no home directory" in info.value.found and "--data-dir" in info.value.found

@@ -174,3 +174,18 @@ def test_loading_a_cached_library_marks_it_used_so_it_is_kept(cache):
     _aged(digest, 2 * 86400)
     assert build.build() == path
     assert time.time() - digest.stat().st_mtime < 60  # marked (at most once a day)
+
+
+def test_the_cache_follows_xdg_and_without_a_home_building_is_refused(monkeypatch, tmp_path):
+    monkeypatch.delenv("BNLAB_KERNEL_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert build.cache_dir() == tmp_path / "xdg" / "bnlab" / "kernels"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # invalid under XDG: ignored
+    assert build.cache_dir() == tmp_path / ".cache" / "bnlab" / "kernels"
+    monkeypatch.delenv("HOME")  # and no passwd entry: "~" stays "~" (not a dir in the cwd)
+    monkeypatch.setattr(build.os.path, "expanduser", lambda p: p)
+    with pytest.raises(RuntimeError, match="no home directory .* BNLAB_KERNEL_CACHE"):
+        build.cache_dir()
+    module, reason = build.load_ops(build.SOURCE, "bnlab_never_loaded")
+    assert module is None and "no home directory" in reason

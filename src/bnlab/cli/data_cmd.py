@@ -78,7 +78,7 @@ def _report(location: data.DataLocation) -> list[data.DatasetError]:
     if location.downloaded:
         print("downloaded: " + ", ".join(location.downloaded))
     cache = data.DecodedCache.default()
-    print(f"decoded cache: {cache.directory}")
+    print(f"decoded cache: {'none (no home directory)' if cache is None else cache.directory}")
     errors = []
     for check in data.check_files(location, cache):
         if check.error is not None:

@@ -19,10 +19,18 @@ from ..atomic_files import write_bytes_atomically
 from .verify import FileSpec, sha256_hex
 
 
-def user_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/bnlab/fashion-mnist``, else ``~/.cache/bnlab/fashion-mnist``."""
+def user_cache_dir() -> Path | None:
+    """``$XDG_CACHE_HOME/bnlab/fashion-mnist``, else ``~/.cache/bnlab/fashion-mnist``; None
+    where there is no home directory to put it in (``HOME`` unset and a user id without a
+    passwd entry, as in containers run under an arbitrary uid)."""
     base = os.environ.get("XDG_CACHE_HOME") or ""
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
+    if os.path.isabs(base):
+        root = Path(base)
+    else:
+        try:
+            root = Path.home() / ".cache"
+        except (RuntimeError, KeyError, OSError):  # "Could not determine home directory."
+            return None
     return root / "bnlab" / "fashion-mnist"
 
 
@@ -33,9 +41,11 @@ class DecodedCache:
     directory: Path
 
     @classmethod
-    def default(cls) -> DecodedCache:
-        """The cache under :func:`user_cache_dir` (``.../fashion-mnist/decoded``)."""
-        return cls(user_cache_dir() / "decoded")
+    def default(cls) -> DecodedCache | None:
+        """The cache under :func:`user_cache_dir` (``.../fashion-mnist/decoded``); None where
+        there is no user cache directory (loading then decompresses every time)."""
+        directory = user_cache_dir()
+        return None if directory is None else cls(directory / "decoded")
 
     def entry(self, archive_sha256: str) -> Path:
         return self.directory / f"{archive_sha256}.idx"

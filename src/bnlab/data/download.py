@@ -2,16 +2,21 @@
 
 Each file is tried on each mirror in order; on a mirror, transient failures (connection
 errors, timeouts, HTTP 5xx/429, short reads) are retried with exponential backoff, while
-a definite answer (HTTP 4xx, or a file that fails verification) moves on to the next mirror.
-The bytes stream into a hidden temp file beside the target, are verified (gzip intact,
-decompressed SHA-256 equals the pinned one), fsynced, and only then renamed into place. A
-failure to write locally (disk full, read-only directory) ends the download at once: no
-mirror can fix it.
+a definite answer (HTTP 4xx, a URL that cannot be fetched, a certificate that does not
+verify, or a file that fails verification) moves on to the next mirror. The bytes stream
+into a hidden temp file beside the target, are verified (gzip intact, decompressed SHA-256
+equals the pinned one), fsynced, and only then renamed into place. A body larger than any
+gzip of the expected file is cut off (and refused) as soon as it grows past that size; a
+transfer that stalls or trickles (under ``MIN_BYTES_PER_TIMEOUT`` bytes in ``timeout_s``) is
+a timeout. A failure to write locally (disk full, read-only directory) ends the download at
+once: no mirror can fix it. Temp files a killed download left behind are removed by the
+next download of the same file once a day old.
 """
 
 from __future__ import annotations
 
 import http.client
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +27,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from ..atomic_files import atomic_write
+from ..atomic_files import PART_SUFFIX, atomic_write
 from .errors import FIX_MISSING, FIX_WRITABLE, DatasetError
 from .idx import gunzip, parse_idx, read_file
 from .verify import FileSpec, check_against_spec
@@ -33,6 +38,16 @@ MIRRORS: tuple[str, ...] = (
     "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
 )
 CHUNK_BYTES = 1 << 20
+# A transfer slower than this many bytes per timeout_s counts as stalled (as curl's
+# --speed-limit / --speed-time): a trickle must not hold a download forever.
+MIN_BYTES_PER_TIMEOUT = 1024
+STALE_PART_S = 86400
+
+
+def max_archive_bytes(spec: FileSpec) -> int:
+    """The largest a gzip of ``spec``'s file can be: stored blocks add 5 bytes per 64 KiB, the
+    header and trailer tens (a file name in the header more); generous beyond that."""
+    return spec.size + spec.size // 100 + 65536
 
 
 @dataclass(frozen=True)
@@ -84,10 +99,35 @@ def download_file(spec: FileSpec, directory: Path, config: DownloadConfig) -> Pa
     Raises DatasetError listing every mirror's failure when none yields a verified file.
     """
     target = Path(directory) / spec.archive
+    created = not target.parent.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DatasetError(target.parent, "a writable directory", str(err), FIX_WRITABLE) from None
+    _remove_stale_parts(target)
+    try:
+        return _from_mirrors(spec, target, config)
+    except DatasetError:
+        if created:
+            try:
+                target.parent.rmdir()  # the directory this call made, if nothing is in it
+            except OSError:
+                pass
+        raise
+
+
+def _remove_stale_parts(target: Path) -> None:
+    """Remove temp files of downloads of ``target`` that were killed (a day old: a younger
+    one may be another process's download in progress)."""
+    for part in target.parent.glob(f".{target.name}.*{PART_SUFFIX}"):
+        try:
+            if time.time() - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+        except OSError:
+            pass
+
+
+def _from_mirrors(spec: FileSpec, target: Path, config: DownloadConfig) -> Path:
     failures: list[str] = []
     for mirror in config.mirrors:
         url = mirror.rstrip("/") + "/" + spec.archive
@@ -105,7 +145,8 @@ def download_file(spec: FileSpec, directory: Path, config: DownloadConfig) -> Pa
                 break
             except (OSError, http.client.HTTPException) as err:  # URLError is an OSError
                 if attempt == config.attempts:
-                    failures.append(f"{url}: {_describe(err)} ({attempt} attempts)")
+                    tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+                    failures.append(f"{url}: {_describe(err)} ({tries})")
     raise DatasetError(
         target,
         f"a verified download of {spec.archive} from a mirror",
@@ -127,11 +168,17 @@ def _fetch_verified(url: str, spec: FileSpec, target: Path, config: DownloadConf
         if _definite(err.reason):
             raise _MirrorRefused(f"cannot fetch ({err.reason})") from None
         raise
+    except http.client.InvalidURL as err:  # a bad port, a space in the host: never works
+        raise _MirrorRefused(f"cannot fetch (invalid URL: {err})") from None
     with response:
         total = _content_length(response)
+        if total is not None and total > max_archive_bytes(spec):
+            raise _MirrorRefused(f"announces {total} bytes, more than a gzip of the "
+                                 f"{spec.size}-byte file can be")
         try:
             with atomic_write(target) as out:
-                received = _stream(response, out, total, spec, url, config.progress)
+                received = _stream(response, out, total, spec, url, config.progress,
+                                   config.timeout_s)
                 if total is not None and received != total:
                     raise http.client.IncompleteRead(b"", total - received)
                 out.flush()
@@ -142,18 +189,26 @@ def _fetch_verified(url: str, spec: FileSpec, target: Path, config: DownloadConf
             raise _LocalWriteFailed(f"{type(err).__name__}: {err}") from None
 
 
-def _stream(response, out, total: int | None, spec: FileSpec, url: str, progress: bool) -> int:
-    """Copy the response body into ``out``; return the bytes received. A failed read raises
-    _ReadFailed (the caller tells it apart from a failed local write)."""
+def _stream(response, out, total: int | None, spec: FileSpec, url: str, progress: bool,
+            timeout_s: float) -> int:
+    """Copy the response body into ``out``; return the bytes received. A failed read, or a
+    transfer under ``MIN_BYTES_PER_TIMEOUT`` bytes per ``timeout_s``, raises _ReadFailed
+    (the caller tells it apart from a failed local write); a body past
+    :func:`max_archive_bytes` raises _MirrorRefused."""
     host = urlsplit(url).hostname or url
+    limit = max_archive_bytes(spec)
+    # read1: whatever arrived, after at most one read of the socket (read(n) would wait
+    # for all n bytes, however slowly they come)
+    read = getattr(response, "read1", response.read)
     with tqdm(
         total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
         desc=f"{spec.archive} from {host}", disable=not progress,
     ) as bar:
-        received = 0
+        received = window_bytes = 0
+        window_start = time.monotonic()
         while True:
             try:
-                chunk = response.read(CHUNK_BYTES)
+                chunk = read(CHUNK_BYTES)
             except (OSError, http.client.HTTPException) as err:
                 raise _ReadFailed(err) from None
             if not chunk:
@@ -161,6 +216,15 @@ def _stream(response, out, total: int | None, spec: FileSpec, url: str, progress
             out.write(chunk)
             received += len(chunk)
             bar.update(len(chunk))
+            if received > limit:
+                raise _MirrorRefused(f"sent over {limit} bytes, more than a gzip of the "
+                                     f"{spec.size}-byte file can be")
+            window_bytes += len(chunk)
+            if (elapsed := time.monotonic() - window_start) >= timeout_s:
+                if window_bytes < MIN_BYTES_PER_TIMEOUT:
+                    raise _ReadFailed(TimeoutError(
+                        f"stalled: {window_bytes} bytes in the last {elapsed:.0f} s"))
+                window_start, window_bytes = time.monotonic(), 0
 
 
 def _verify(path: Path, spec: FileSpec, url: str) -> None:
@@ -174,18 +238,22 @@ def _verify(path: Path, spec: FileSpec, url: str) -> None:
 
 
 def _content_length(response) -> int | None:
-    """The announced body size, or None where absent or not a number."""
+    """The announced body size, or None where absent, not a number or negative (as Python's
+    HTTP client itself ignores it)."""
     try:
-        return int(response.headers.get("Content-Length") or 0) or None
+        length = int(response.headers.get("Content-Length") or 0)
     except ValueError:
         return None
+    return length if length > 0 else None
 
 
 def _definite(reason: object) -> bool:
     """Whether a URLError's reason is final rather than a network failure worth retrying:
-    an unsupported scheme (a string reason) or a file:// path that is absent or unreadable."""
+    an unsupported scheme (a string reason), a file:// path that is absent or unreadable, or
+    a server certificate that does not verify."""
     return not isinstance(reason, OSError) or isinstance(
-        reason, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError))
+        reason, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                 ssl.SSLCertVerificationError))
 
 
 def _url_hint(url: str) -> str:

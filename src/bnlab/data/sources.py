@@ -31,11 +31,12 @@ KINDS = ("root", "env", "cache", "system", "download")
 
 @dataclass(frozen=True)
 class SearchPaths:
-    """The candidate directories; ``None`` where no root/env directory was given."""
+    """The candidate directories; ``None`` where no root/env directory was given (and for
+    ``cache`` where there is no home directory to hold it)."""
 
     root: Path | None
     env: Path | None
-    cache: Path
+    cache: Path | None
     system: Path
 
     @classmethod
@@ -113,7 +114,8 @@ def locate(
         return _use_alone("root", search.root, download, config)
     if search.env is not None:
         return _use_alone("env", search.env, download, config)
-    searched = (("cache", search.cache), ("system", search.system))
+    searched = tuple((kind, d) for kind, d in (("cache", search.cache),
+                                                ("system", search.system)) if d is not None)
     found, unreadable = {}, {}
     for kind, directory in searched:
         try:
@@ -123,11 +125,13 @@ def locate(
     for kind, directory in searched:
         if len(found[kind]) == len(FILES):
             return DataLocation(kind, directory, found[kind], searched=searched)
-    if not download or "cache" in unreadable:
+    if not download or "cache" in unreadable or search.cache is None:
         where = ", ".join(f"{kind} {d} ({unreadable.get(kind) or f'{len(found[kind])} of 4'})"
                           for kind, d in searched)
         why = ("downloading is off" if not download
-               else "nothing can be downloaded into the unreadable cache")
+               else "nothing can be downloaded into the unreadable cache" if search.cache
+               else "there is no home directory to download into (set XDG_CACHE_HOME, "
+                    f"{ENV_VAR} or --data-dir)")
         raise DatasetError(
             " and ".join(str(d) for _, d in searched),
             "the four Fashion-MNIST files (e.g. train-images-idx3-ubyte.gz)",
@@ -144,7 +148,15 @@ def _find_all(directory: Path) -> dict[str, Path]:
 
 def _use_alone(kind: str, directory: Path, download: bool, config: DownloadConfig) -> DataLocation:
     searched = ((kind, directory),)
-    if directory.exists() and not directory.is_dir():
+    try:  # os.stat: Path.exists lets some errors through (EACCES above it, ENAMETOOLONG)
+        mode = os.stat(directory).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    except OSError as err:
+        raise DatasetError(directory, "a directory that can be searched",
+                           f"{type(err).__name__}: {err.strerror or err}",
+                           FIX_UNREADABLE) from None
+    if mode is not None and not stat.S_ISDIR(mode):
         raise DatasetError(directory, "a directory of Fashion-MNIST files", "a file", FIX_MISSING)
     paths = _find_all(directory)
     if len(paths) < len(FILES) and not download:

@@ -67,7 +67,13 @@ BUILD_TIMEOUT_S = 900
 def cache_dir() -> Path:
     if explicit := os.environ.get("BNLAB_KERNEL_CACHE"):
         return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    if not os.path.isabs(base):  # (XDG: a relative path is invalid, ignored)
+        home = os.path.expanduser("~")
+        if home == "~":  # HOME unset and no passwd entry: nowhere to build into
+            raise RuntimeError("no home directory for the kernel cache: set "
+                               "BNLAB_KERNEL_CACHE or XDG_CACHE_HOME")
+        base = os.path.join(home, ".cache")
     return Path(base) / "bnlab" / "kernels"
 
 
