@@ -33,7 +33,7 @@ def format_bytes(n: float) -> str:
     if value < 1024:
         return f"{sign}{int(value)} B"
     unit = 0
-    while value >= 1024 and unit < len(_UNITS) - 1:
+    while round(value, 1) >= 1024 and unit < len(_UNITS) - 1:  # (1048575 B: 1.0 MiB)
         value /= 1024
         unit += 1
     return f"{sign}{value:.1f} {_UNITS[unit]}"
@@ -68,21 +68,22 @@ class MemoryReport:
 
 
 class _Span:
-    """One open measurement on a device: the largest peak that counter resets inside it
-    took away."""
+    """One open measurement on a device (through ``backend``): the largest peak that counter
+    resets inside it took away."""
 
-    __slots__ = ("carried", "__weakref__")
+    __slots__ = ("carried", "backend", "__weakref__")
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.carried = 0
+        self.backend = backend
 
 
 # Per device: the measurements open now (weak: a manager's span goes when the manager does).
 _OPEN_SPANS: dict[str, weakref.WeakSet[_Span]] = {}
 
 
-def _open_span(key: str) -> _Span:
-    span = _Span()
+def _open_span(key: str, backend: Backend) -> _Span:
+    span = _Span(backend)
     _OPEN_SPANS.setdefault(key, weakref.WeakSet()).add(span)
     return span
 
@@ -98,11 +99,13 @@ def _device_key(device: torch.device) -> str:
 
 def _reset_counter(backend: Backend, key: str) -> None:
     """Reset ``backend``'s process-wide peak counter, handing the peak it held to every open
-    measurement of the device (unless the reset could not touch a shared counter: the CPU
-    without a writable ``/proc/self/clear_refs``, where each measurement keeps its own)."""
+    measurement of the device. Where the reset cannot touch a shared counter (the CPU
+    without a writable ``/proc/self/clear_refs``) it resets only ``backend``'s own samples:
+    then only the measurements through ``backend`` (one manager's) are handed the peak."""
     seen = backend.peak()
-    if backend.reset_peak():
-        for span in _OPEN_SPANS.get(key, ()):
+    shared = backend.reset_peak()
+    for span in _OPEN_SPANS.get(key, ()):
+        if shared or span.backend is backend:
             span.carried = max(span.carried, seen)
 
 
@@ -119,7 +122,7 @@ class GPUMemoryManager:
         self.device: torch.device = select_device("auto" if device is None else device)
         self._backend: Backend = backend_for(self.device)
         self._key = _device_key(self.device)
-        self._span = _open_span(self._key)  # what resets by anyone take from peak()
+        self._span = _open_span(self._key, self._backend)  # what resets by anyone take from peak()
 
     def current(self) -> int:
         """Bytes in use now (tensors on cuda/mps, process RSS on the CPU)."""
@@ -133,7 +136,7 @@ class GPUMemoryManager:
         """Start a new peak measurement from the current usage."""
         _reset_counter(self._backend, self._key)
         _OPEN_SPANS[self._key].discard(self._span)
-        self._span = _open_span(self._key)
+        self._span = _open_span(self._key, self._backend)
 
     def cleanup(self) -> None:
         """Collect garbage, then hand cached blocks back to the driver (cuda/mps)."""
@@ -145,7 +148,7 @@ class GPUMemoryManager:
         """``with mm.track() as report:`` — on exit ``report.peak`` is the peak inside the block,
         ``report.start``/``report.end`` the usage at its edges. Resets the device's peak counter."""
         _reset_counter(self._backend, self._key)
-        span = _open_span(self._key)
+        span = _open_span(self._key, self._backend)
         start = self._backend.current()
         report = MemoryReport(self.device, start, start, start)
         try:
