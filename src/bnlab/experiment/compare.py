@@ -20,6 +20,8 @@ from pathlib import Path
 
 from ..atomic_files import write_bytes_atomically
 from ..checkpoint import load_checkpoint
+from ..data import load_data_fashion_mnist
+from ..device import select_device
 from ..host import freed_memory_kept
 from ..memory import format_bytes
 from ..models import build_model
@@ -27,13 +29,20 @@ from ..train import History
 from .config import TrainConfig
 from .errors import RunError
 from .plots import plot_overlay
-from .preflight import CHECKPOINT_DIR
+from .preflight import (
+    CHECKPOINT_DIR,
+    check_batches_normalizable,
+    check_model_takes_images,
+    check_out_dir,
+    processes_record,
+)
 from .run import RunResult, run_training
 
-__all__ = ["DEFAULT_NORMS", "compare_table", "run_compare"]
+__all__ = ["DEFAULT_NORMS", "check_compare", "compare_table", "run_compare"]
 
 DEFAULT_NORMS = ("none", "bnlab", "torch")
 LABELS = {"none": "LeNet (no BN)", "bnlab": "LeNet + bnlab BN", "torch": "LeNet + torch BN"}
+OUTPUTS = ("comparison.md", "comparison.json", "compare.png")
 
 
 def compare_table(results: Sequence[RunResult]) -> str:
@@ -63,13 +72,50 @@ def run_compare(
     progress: bool = True,
 ) -> list[RunResult]:
     """Train ``config`` once per norm in ``norms`` into ``out_dir/<norm>/``; write
-    ``comparison.md``, ``comparison.json`` and the overlay plot ``compare.png``."""
+    ``comparison.md``, ``comparison.json`` and the overlay plot ``compare.png``. What
+    :func:`check_compare` finds is raised before the first model trains."""
     out = Path(out_dir)
+    check_compare(config, out, norms, resume)
     results = []
     for norm in norms:
         run_config = dataclasses.replace(config, norm=norm)
         print(f"\n=== {LABELS.get(norm, norm)} ===", flush=True)
         results.append(run_in_own_process(run_config, out / norm, resume, progress))
+    try:
+        _write_outputs(config, out, norms, results)
+    except OSError as err:  # disk full, a directory made meanwhile where a file goes
+        raise RunError(f"cannot write the comparison's outputs in {out}: {err} (each "
+                       f"model's run is complete in its own directory there)") from None
+    return results
+
+
+def check_compare(config: TrainConfig, out: Path, norms: Sequence[str], resume: bool) -> None:
+    """RunError (DatasetError, ValueError, CheckpointError) for what would otherwise stop
+    the comparison after some models had trained: an ``out`` that is a file or holds a
+    directory where an output file goes, a run directory that cannot be started or
+    resumed, an unavailable device, data that cannot be loaded, a batch of one sample, or
+    images the model cannot take."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; name a directory for the comparison")
+    for name in OUTPUTS:
+        if (out / name).is_dir():
+            raise RunError(f"{out / name} is a directory where the comparison writes a file: "
+                           "move it away or choose another --out")
+    processes = processes_record(1, False)
+    for norm in norms:
+        check_out_dir(dataclasses.replace(config, norm=norm), out / norm, resume, processes)
+    select_device(config.device)
+    loader, _ = load_data_fashion_mnist(config.batch_size, root=config.data_dir,
+                                        download=config.download, limit=config.limit,
+                                        seed=config.seed)
+    for norm in norms:
+        model = build_model(config.model, norm)
+        check_batches_normalizable(model, loader, config.max_steps, synchronized=False)
+        check_model_takes_images(model, config.model, loader)
+
+
+def _write_outputs(config: TrainConfig, out: Path, norms: Sequence[str],
+                   results: list[RunResult]) -> None:
     table = compare_table(results)
     write_bytes_atomically(out / "comparison.md", (table + "\n").encode())
     summary = {r.config.norm: {"history": r.history.to_dict()["epochs"],
@@ -80,7 +126,6 @@ def run_compare(
                                        indent=2) + "\n").encode())
     plot_overlay({LABELS.get(r.config.norm, r.config.norm): r.history for r in results},
                  out / "compare.png")
-    return results
 
 
 def run_in_own_process(config: TrainConfig, out: Path, resume: bool, progress: bool) -> RunResult:

@@ -1,9 +1,11 @@
-"""Training curves as PNG files (matplotlib's object API: no pyplot, no global backend)."""
+"""Training curves as image files, PNG unless the file's suffix names another format
+matplotlib writes (pdf, svg, ...); matplotlib's object API: no pyplot, no global backend."""
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,9 +15,29 @@ from ..train import History
 __all__ = ["plot_curves", "plot_overlay"]
 
 
+def _import_matplotlib() -> None:
+    """Import matplotlib even where ``$MPLBACKEND`` names a backend it rejects (Jupyter
+    users set "inline", valid only inside IPython): a bare Figure needs no backend."""
+    try:
+        import matplotlib  # noqa: F401
+    except ValueError:  # rcParams' validation of $MPLBACKEND, at import
+        backend = os.environ.pop("MPLBACKEND", None)
+        if backend is None:
+            raise
+        # The failed import left submodules behind that refer to the half-made package.
+        for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"]:
+            del sys.modules[name]
+        try:
+            import matplotlib  # noqa: F401, F811
+        finally:
+            os.environ["MPLBACKEND"] = backend
+
+
 def _figure():
-    # A bare Figure renders to PNG with Agg and never touches pyplot's global state (the
-    # user's notebook backend), and skips pyplot's import (~0.4 s).
+    # A bare Figure renders with Agg (or the format's own canvas) and never touches
+    # pyplot's global state (the user's notebook backend), and skips pyplot's import
+    # (~0.4 s).
+    _import_matplotlib()
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -33,15 +55,38 @@ def _check_epochs(history: History, name: str) -> None:
         raise ValueError(f"{name}: a history without epochs has nothing to plot")
 
 
+def _tidy_axes(ax_loss, ax_acc, epochs: list[int]) -> None:
+    """Ticks at the epochs themselves when there are few (one epoch gave 0.95, 1.00, 1.05);
+    no loss below 0 nor accuracy outside 0-100 on the axes."""
+    if len(epochs) <= 12:
+        for ax in (ax_loss, ax_acc):
+            ax.set_xticks(epochs)
+    low, high = ax_loss.get_ylim()
+    ax_loss.set_ylim(max(low, 0.0), high)
+    low, high = ax_acc.get_ylim()
+    ax_acc.set_ylim(max(low, 0.0), min(high, 100.0))
+
+
+def _format(fig, path: Path) -> str:
+    """The image format ``path``'s suffix names (PNG without one); ValueError for others."""
+    name = path.suffix[1:].lower() or "png"
+    supported = fig.canvas.get_supported_filetypes()
+    if name not in supported:
+        raise ValueError(f"cannot plot to {path}: matplotlib writes {', '.join(sorted(supported))}"
+                         " files (name one of those suffixes)")
+    return name
+
+
 def _save(fig, path: Path) -> Path:
-    """Write atomically: a half-written PNG never replaces a good one."""
+    """Write atomically: a half-written image never replaces a good one."""
+    image_format = _format(fig, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     png = io.BytesIO()
     # Fixed margins for this fixed figure size: tight_layout measured every text's extent
     # first (~0.2 s of a one-epoch run).
     fig.subplots_adjust(left=0.065, right=0.985, bottom=0.125,
                         top=0.86 if fig.get_suptitle() else 0.92, wspace=0.2)
-    fig.savefig(png, format="png", dpi=110)
+    fig.savefig(png, format=image_format, dpi=110)
     write_bytes_atomically(path, png.getvalue())
     return path
 
@@ -59,6 +104,7 @@ def plot_curves(history: History, path: str | os.PathLike[str], title: str = "")
     for ax in (ax_loss, ax_acc):
         ax.legend()
         ax.grid(alpha=0.3)
+    _tidy_axes(ax_loss, ax_acc, list(epochs))
     if title:
         fig.suptitle(title)
     return _save(fig, Path(path))
@@ -81,4 +127,5 @@ def plot_overlay(histories: Mapping[str, History], path: str | os.PathLike[str])
     for ax in (ax_loss, ax_acc):
         ax.legend()
         ax.grid(alpha=0.3)
+    _tidy_axes(ax_loss, ax_acc, sorted({e for h in histories.values() for e in h.epochs}))
     return _save(fig, Path(path))
