@@ -30,3 +30,26 @@ def faulty_train(fault: str, marker: str, argv: list[str]) -> int:
 
         _EpochRunner._step = step
     return main(["train", *argv])
+
+
+def wait_to_be_stopped(directory: str) -> int:
+    """Record this rank's pid, then sleep until interrupted; on SIGINT record that it
+    stopped on its own (as a run writes its outputs after Ctrl-C) and return 130."""
+    rank = world_info().rank
+    Path(directory, f"pid-{rank}").write_text(str(os.getpid()))
+    try:
+        time.sleep(600)
+    except KeyboardInterrupt:
+        time.sleep(0.5)  # its outputs take a moment: not cut short
+        Path(directory, f"stopped-{rank}").touch()
+        return 130
+    return 0
+
+
+def rank_one_fails(directory: str) -> int:
+    """Rank 1 fails at once; rank 0 takes 1.5 s more to finish (its outputs), then ends."""
+    if world_info().rank == 1:
+        return 3
+    time.sleep(1.5)
+    Path(directory, "rank-0-finished").touch()
+    return 0

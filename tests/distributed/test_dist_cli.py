@@ -109,3 +109,24 @@ def test_settings_errors_are_one_line_before_any_process_starts(setup, capsys):
     assert code == 2
     assert err.strip() == (f"bnlab train: error: --out {root / 'afile'} is a file; name a "
                            "directory for the run's outputs")  # not one line per process
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--limit", "20"], "make no global batch of 32"),
+    (["--batch-size", "1", "--no-sync-bn"], "would hold 1 training sample"),
+    (["--out", "/proc/bnlab-cannot-write-here"], "cannot write the run's outputs"),
+])
+def test_what_every_process_would_refuse_is_refused_before_they_start(setup, capsys,
+                                                                      monkeypatch, args,
+                                                                      message):
+    from bnlab.cli import main, train_parallel
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("processes were started")
+
+    monkeypatch.setattr(train_parallel, "spawn_local", never)
+    root, _, common = setup
+    out = [] if "--out" in args else ["--out", str(root / "refused")]
+    code = main(["train", *common, "--nproc", "2", *out, *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err

@@ -143,7 +143,8 @@ def test_cli_under_torchrun_refuses_what_it_cannot_do(env, capsys, argv, message
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--nproc", "0"], "argument --nproc: must be a positive integer"),
+    (["--nproc", "0"], "argument --nproc: must be in [1, 1024]"),
+    (["--nproc", "2147483647"], "argument --nproc: must be in [1, 1024]"),
     (["--dist-timeout", "0"], "argument --dist-timeout: must be in (0, 604800]"),
     (["--dist-timeout", "inf"], "argument --dist-timeout: must be in (0, 604800]"),
     (["--dist-timeout", "1e15"], "argument --dist-timeout: must be in (0, 604800]"),

@@ -54,6 +54,10 @@ positive_int = _number(int, lambda v: 1 <= v <= MAX_COUNT, "a positive integer",
 non_negative_int = _number(int, lambda v: 0 <= v <= MAX_COUNT, "an integer",
                            f"in [0, {MAX_COUNT}]")
 # Decimals printed: bounded (2**31 of them for every value exhausted memory).
+# Processes on one machine (--nproc): bounded, as a typo must not try to start 2**31.
+MAX_LOCAL_PROCESSES = 1024
+process_count = _number(int, lambda v: 1 <= v <= MAX_LOCAL_PROCESSES, "a positive integer",
+                        f"in [1, {MAX_LOCAL_PROCESSES}]")
 decimals_int = _number(int, lambda v: 0 <= v <= 100, "an integer", "in [0, 100]")
 seed_int = _number(int, lambda v: 0 <= v < 2**63, "an integer", "in [0, 2**63)")
 positive_float = _number(float, lambda v: 0 < v < math.inf, "a number", "a positive finite number")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..distributed import is_main_process, world_info
 from ..experiment import OPTIMIZERS, TrainConfig, compare_table, run_compare, run_training
-from ..experiment.preflight import check_out_dir, processes_record
+from ..experiment.preflight import check_launch
 from ..memory import format_bytes
 from ..models import NORMS, available_models
 from .errors import CLIError
@@ -95,7 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
                "sync_bn": not args.no_sync_bn, "dist_timeout_s": args.dist_timeout}
     if args.nproc > 1:
         # Here once, not in each process (each would print the same error line).
-        check_out_dir(config, out, args.resume, processes_record(args.nproc, not args.no_sync_bn))
+        check_launch(config, out, args.resume, args.nproc, not args.no_sync_bn)
         return launch(args.nproc, train_and_report, config, out, options)
     return train_and_report(config, out, options)
 

@@ -1,9 +1,10 @@
 """``bnlab train --nproc N``: one data-parallel run in N processes on this machine.
 
-The parent checks the settings and prepares the dataset (located, verified, decoded into
-the cache) once, then starts N processes with torchrun's environment; each runs the same
-training as ``torchrun --nproc_per_node=N -m bnlab train ...`` would. When one fails the
-others are stopped and its status is the command's.
+The caller checks the settings and prepares the dataset (located, verified, decoded into
+the cache) once (:func:`bnlab.experiment.preflight.check_launch`); then N processes start
+with torchrun's environment, each running the same training as ``torchrun
+--nproc_per_node=N -m bnlab train ...`` would. When one fails the others are stopped and
+its status is the command's.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from ..data import load_data_fashion_mnist
 from ..distributed import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, spawn_local, world_info
 from ..experiment import TrainConfig
 from ..host import freed_memory_kept
 from .errors import USER_ERRORS, CLIError
-from .parser import positive_int, seconds_up_to
+from .parser import process_count, seconds_up_to
 
 
 def add_parallel_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+    p.add_argument("--nproc", type=process_count, default=1, metavar="N",
                    help="processes to train with on this machine (data parallel, one per GPU "
                         "on CUDA); --batch-size is per process, the global batch N times it")
     p.add_argument("--no-sync-bn", action="store_true",
@@ -37,9 +37,6 @@ def launch(nproc: int, run: Callable[..., int], config: TrainConfig, *args: obje
     if world_info().distributed:
         raise CLIError("--nproc starts the processes itself; under torchrun (WORLD_SIZE is "
                        "set) leave it out")
-    # Once here, not N times at once in the workers (and a missing dataset is one line).
-    load_data_fashion_mnist(config.batch_size, root=config.data_dir, download=config.download,
-                            limit=config.limit)
     return spawn_local(nproc, _worker, (run, config, *args))
 
 

@@ -3,15 +3,24 @@ uses): torchrun's environment, fresh interpreters, and fail-fast supervision.
 
 Each process gets ``RANK``/``LOCAL_RANK`` = its index, ``WORLD_SIZE`` = ``LOCAL_WORLD_SIZE`` =
 N, and ``MASTER_ADDR``/``MASTER_PORT`` = 127.0.0.1 and a free port, then runs
-``fn(*args)``. When one process exits with an error the others are terminated at once
-(SIGTERM) and its status is returned, so one dead rank never leaves the rest waiting.
+``fn(*args)``. When one process exits with an error the others get ``grace_s`` seconds to
+end on their own (a peer's failure breaks their collectives; rank 0 then writes what its
+completed epochs leave), then SIGTERM, then SIGKILL, and its status is returned: one dead
+rank never leaves the rest waiting. Stopping this process stops them too: Ctrl-C reaches
+them with it; SIGTERM or SIGHUP here is passed on to them as SIGINT (so they stop as after
+Ctrl-C, outputs written); each is given ``grace_s`` to exit before it is terminated; and on
+Linux each is also sent SIGTERM by the kernel if this process dies without a word
+(``kill -9``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -28,8 +37,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _entry(local_rank: int, nproc: int, port: int, fn: Callable[..., int | None],
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel send this process SIGTERM when ``parent`` dies (no orphaned
+    workers training on after ``kill -9`` of the launcher); elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _entry(local_rank: int, nproc: int, port: int, parent: int, fn: Callable[..., int | None],
            args: tuple) -> None:
+    _die_with_parent(parent)
+    # A launcher started in the background by a script inherits SIGINT ignored (so do we):
+    # the SIGINT it passes on must still stop this process as Ctrl-C would.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.update(
         RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
         LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
@@ -54,16 +81,17 @@ def spawn_local(nproc: int, fn: Callable[..., int | None], args: tuple = (), *,
 
     ``fn`` must be importable by name (a module-level function); its return value is the
     process's exit status (None: 0). Returns 0 when every process succeeded, else the status
-    of the first that failed (an exception in ``fn``: 1, its traceback on stderr). If this
-    process is interrupted, the others get SIGTERM, and SIGKILL after ``grace_s`` seconds.
+    of the first that failed (an exception in ``fn``: 1, its traceback on stderr). The others
+    are stopped as the module docstring says, each step ``grace_s`` seconds apart; SIGTERM
+    or SIGHUP to this process ends it with status 128 + the signal, once they are stopped.
     """
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a positive integer, got {nproc!r}")
-    context = mp.start_processes(_entry, args=(nproc, free_port(), fn, args), nprocs=nproc,
-                                 join=False, start_method="spawn")
+    context = mp.start_processes(_entry, args=(nproc, free_port(), os.getpid(), fn, args),
+                                 nprocs=nproc, join=False, start_method="spawn")
+    previous = _pass_on_termination(context.processes)
     try:
-        # No grace period on failure: the others would only wait for the failed rank.
-        while not context.join():
+        while not context.join(grace_period=grace_s):
             pass
     except mp.ProcessExitedException as err:
         print(f"process {err.error_index} of {nproc} exited with status "
@@ -74,18 +102,47 @@ def spawn_local(nproc: int, fn: Callable[..., int | None], args: tuple = (), *,
               file=sys.stderr)
         return 1
     finally:
+        _restore(previous)
         _stop(context.processes, grace_s)
     return 0
 
 
+_PASSED_ON = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _pass_on_termination(processes: list) -> dict[int, object]:
+    """Until :func:`_restore`: SIGTERM/SIGHUP here send the workers SIGINT, then end this
+    process's wait (SystemExit, status 128 + the signal) so that they are stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # signal handlers belong to the main thread
+
+    def handler(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.is_alive():
+                try:
+                    os.kill(process.pid, signal.SIGINT)
+                except OSError:
+                    pass
+        raise SystemExit(128 + signum)
+
+    return {sig: signal.signal(sig, handler) for sig in _PASSED_ON}
+
+
+def _restore(previous: dict[int, object]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def _stop(processes: list, grace_s: float) -> None:
-    """Terminate what still runs (e.g. after Ctrl-C in the parent); kill it after grace_s."""
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    deadline = time.monotonic() + grace_s
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-            process.join()
+    """What still runs (after Ctrl-C or a signal here, which reached the workers too) gets
+    ``grace_s`` to end on its own (writing its outputs), then SIGTERM, then SIGKILL after
+    another ``grace_s``."""
+    for step in (None, "terminate", "kill"):
+        deadline = time.monotonic() + grace_s
+        for process in processes:
+            if step is not None and process.is_alive():
+                getattr(process, step)()
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        if not any(process.is_alive() for process in processes):
+            return

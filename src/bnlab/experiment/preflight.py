@@ -3,6 +3,7 @@ settings and process layout, and is intact), and that its batches suit batch nor
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,19 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, checkpoint_exists, read_checkpoint_state
 from ..checkpoint.runstate import STATE_FILE
+from ..data import load_data_fashion_mnist
 from ..data.loader import TensorLoader
+from ..distributed import WorldInfo
+from ..models import build_model
 from ..norm import is_batch_norm
 from ..train import History
 from .config import TrainConfig
 from .errors import RunError
+from .parallel import check_global_batch, rank_device
 
-__all__ = ["CHECKPOINT_DIR", "check_batches_normalizable", "check_model_takes_images",
-           "check_out_dir", "processes_record", "resume_point"]
+__all__ = ["CHECKPOINT_DIR", "check_batches_normalizable", "check_launch",
+           "check_model_takes_images", "check_out_dir", "check_writable", "processes_record",
+           "resume_point"]
 
 CHECKPOINT_DIR = "checkpoint"  # in a run's --out directory
 
@@ -127,3 +133,35 @@ def resume_point(config: TrainConfig, ckpt_dir: Path, resume: bool,
                        f"{_describe(processes)} (--nproc/torchrun, --no-sync-bn); "
                        "the global batch and BN statistics would change")
     return state
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and write (and remove) a file in it: a read-only directory or file
+    system fails here (OSError), not after the first epoch's training."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out):
+        pass
+
+
+def check_launch(config: TrainConfig, out: Path, resume: bool, nproc: int,
+                 sync_bn: bool) -> None:
+    """Before ``nproc`` processes start (``bnlab train --nproc``): what each would check
+    once running, checked once here (one error line, not one per process and no waiting
+    for them to start) — ``out`` and its checkpoint, a GPU per process, a full global batch,
+    no batch of one sample for unsynchronized batch norm, images the model takes, and an
+    ``out`` that can be written. Also loads (and on first use downloads and caches) the
+    data, so the processes do not all do it at once."""
+    check_out_dir(config, out, resume, processes_record(nproc, sync_bn))
+    last = WorldInfo(rank=nproc - 1, local_rank=nproc - 1, world_size=nproc)
+    rank_device(config.device, last)  # a GPU for every process, or the CPU
+    loader, _ = load_data_fashion_mnist(config.batch_size, root=config.data_dir,
+                                        download=config.download, limit=config.limit,
+                                        seed=config.seed, world_size=nproc, drop_last=True)
+    check_global_batch(loader)
+    model = build_model(config.model, config.norm)
+    check_batches_normalizable(model, loader, config.max_steps, sync_bn)
+    check_model_takes_images(model, config.model, loader)
+    try:
+        check_writable(out)
+    except OSError as err:
+        raise RunError(f"cannot write the run's outputs in {out}: {err}") from None

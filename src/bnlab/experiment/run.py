@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from .preflight import (
     check_batches_normalizable,
     check_model_takes_images,
     check_out_dir,
+    check_writable,
     processes_record,
 )
 
@@ -123,14 +123,6 @@ def _writing(out: Path, write: Callable[[], object]) -> None:
         write()
     except OSError as err:
         raise RunError(f"cannot write the run's outputs in {out}: {err}") from None
-
-
-def _check_writable(out: Path) -> None:
-    """Create ``out`` and write (and remove) a file in it: a read-only directory or file
-    system fails here, not after the first epoch's training."""
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out):
-        pass
 
 
 def run_training(
@@ -224,7 +216,7 @@ def _train(
         if main:
             print(f"Resuming {out} after epoch {done} of {config.epochs}", flush=True)
     if main:
-        _writing(out, lambda: _check_writable(out))
+        _writing(out, lambda: check_writable(out))
     train_loader.set_epoch(done)  # epoch k (1-based) uses the loader's epoch k - 1
 
     def on_epoch_end(record: EpochRecord, _net: nn.Module, opt: torch.optim.Optimizer) -> None:

@@ -25,7 +25,8 @@ class EpochRecord:
     epoch's training batches, in train mode while the weights moved. ``test_loss``/
     ``test_acc``: mean per-sample loss and accuracy (%) on the test loader after the epoch,
     in eval mode. ``seconds``: wall time of the whole epoch (training and test evaluation).
-    ``samples_per_s``: training samples per second of the training phase.
+    ``samples_per_s``: training samples per second of the training phase (this process's
+    own in multi-process training).
     ``peak_memory_bytes``: the device's peak memory during the epoch (see
     :class:`bnlab.memory.GPUMemoryManager`).
     """

@@ -1,0 +1,103 @@
+"""The local launcher (``spawn_local``, behind ``bnlab train --nproc``) stops its processes
+whatever stops it, and gives them time to end on their own first."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dist_harness import child_env, run_command
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="signals and /proc as on Linux")
+
+
+def _launcher(tmp_path: Path, worker: str, grace_s: float = 5.0,
+              sigint_ignored: bool = False) -> subprocess.Popen:
+    script = ("import sys; from bnlab.distributed import spawn_local; "
+              f"from dist_workers import {worker}; "
+              f"sys.exit(spawn_local(2, {worker}, ({str(tmp_path)!r},), grace_s={grace_s}))")
+    # As a script's `cmd &` starts it: SIGINT ignored, inherited by what it starts.
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+    return subprocess.Popen([sys.executable, "-c", script], env=child_env(tmp_path),
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, preexec_fn=ignore)
+
+
+def _worker_pids(tmp_path: Path, launcher: subprocess.Popen) -> list[int]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        files = [tmp_path / f"pid-{rank}" for rank in (0, 1)]
+        if all(f.exists() and f.read_text() for f in files):
+            return [int(f.read_text()) for f in files]
+        if launcher.poll() is not None:
+            break
+        time.sleep(0.1)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    pytest.fail(f"the workers did not start: {launcher.communicate()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended (reaped by whoever adopted it, or not yet)
+
+
+def _gone_within(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.parametrize("sig, sigint_ignored", [(signal.SIGTERM, False),
+                                                 (signal.SIGHUP, False),
+                                                 (signal.SIGTERM, True)])
+def test_a_terminated_launcher_stops_its_workers_as_after_ctrl_c(tmp_path, sig,
+                                                                 sigint_ignored):
+    launcher = _launcher(tmp_path, "wait_to_be_stopped", sigint_ignored=sigint_ignored)
+    pids = _worker_pids(tmp_path, launcher)
+    launcher.send_signal(sig)
+    try:
+        out, err = launcher.communicate(timeout=30)
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL) if launcher.poll() is None else None
+    assert launcher.returncode == 128 + sig, err
+    assert _gone_within(pids, 5)
+    # SIGINT passed on: each stopped on its own, as after Ctrl-C, not terminated mid-way
+    assert (tmp_path / "stopped-0").exists() and (tmp_path / "stopped-1").exists()
+
+
+def test_workers_of_a_killed_launcher_do_not_train_on(tmp_path):
+    # SIGINT ignored, as under `bnlab train --nproc 2 ... &` in a script: torch's own
+    # parent-death signal (SIGINT) was then lost and the workers trained to the end.
+    launcher = _launcher(tmp_path, "wait_to_be_stopped", sigint_ignored=True)
+    pids = _worker_pids(tmp_path, launcher)
+    launcher.kill()  # SIGKILL: no handler runs; the kernel tells the workers (Linux)
+    launcher.wait(30)  # (not communicate: surviving workers would hold its pipes open)
+    try:
+        assert _gone_within(pids, 10)
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_when_one_fails_the_others_get_time_to_finish_their_outputs(tmp_path):
+    done = run_command(
+        [sys.executable, "-c",
+         "import sys; from bnlab.distributed import spawn_local; "
+         "from dist_workers import rank_one_fails; "
+         f"sys.exit(spawn_local(2, rank_one_fails, ({str(tmp_path)!r},), grace_s=5))"],
+        child_env(tmp_path), tmp_path, 90)
+    assert done.returncode == 3, done.stderr
+    assert (tmp_path / "rank-0-finished").exists()  # not terminated the moment rank 1 failed
