@@ -132,6 +132,8 @@ def test_non_linux_reads_getrusage(monkeypatch):
     mm.reset_peak()
     maxrss["kib"] = 5000
     assert mm.peak() == 5000
+    # what "current" is without /proc is said, not passed off as the RSS now
+    assert "largest RSS so far: no /proc" in mm.summary()
 
 
 @on_linux

@@ -143,13 +143,17 @@ def _read_meminfo() -> tuple[int | None, int | None]:
 
 
 class _CpuBackend:
-    what = "process RSS"
-
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self._hwm_cleared = False
         self._hwm_at_reset = 0
         self._sampled = 0
+
+    @property
+    def what(self) -> str:
+        if _read_proc_status("VmRSS") is not None:
+            return "process RSS"
+        return "the process's largest RSS so far: no /proc to read the current one"
 
     def _rss(self) -> int:
         rss = _read_proc_status("VmRSS")
