@@ -102,6 +102,14 @@ def test_eps_must_be_positive_in_training_as_in_torch(eps):
         torch.nn.BatchNorm1d(3, eps=eps)(torch.randn(4, 3))
 
 
+def test_eps_must_not_be_negative_in_evaluation_as_in_torch():
+    with pytest.raises(ValueError, match="eps must be non-negative"):
+        bnlab.BatchNorm1d(3, eps=-1.0).eval()(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="eps must be non-negative"):
+        torch.nn.BatchNorm1d(3, eps=-1.0).eval()(torch.randn(4, 3))
+    bnlab.BatchNorm1d(3, eps=0.0).eval()(torch.randn(4, 3))  # as torch: allowed
+
+
 def test_pruned_and_parametrized_parameters_are_used():
     from torch.nn.utils import parametrize, prune
 

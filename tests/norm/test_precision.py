@@ -1,5 +1,6 @@
 """Mixed precision, numerically stable variance, memory formats."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -141,3 +142,68 @@ def test_a_nan_or_inf_poisons_its_channel_as_in_torch(shape, bad, activation):
     assert ours.running_var[0].isnan() and theirs.running_var[0].isnan()
     torch.testing.assert_close(got[:, 1:], expected[:, 1:])
     torch.testing.assert_close(ours.running_var[1:], theirs.running_var[1:])
+
+
+@pytest.mark.parametrize("shape", [(300000, 2), (30, 2, 10000)])
+def test_float64_statistics_stay_exact_with_an_outlier_first(shape, planar_split):
+    # In float64 the first-value shift's cancellation shows: a 1e6 outlier first among 3e5
+    # values lost ~3e-11 of the running variance (torch: 1e-14); such channels are summed
+    # again around their mean (the Triton path has no float64)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    x[(0, 0) + (0,) * (x.dim() - 2)] = 1e6
+    c = shape[1]
+    running_mean = torch.zeros(c, dtype=torch.float64)
+    running_var = torch.ones(c, dtype=torch.float64)
+    BF.batch_norm(x, running_mean, running_var, training=True, momentum=1.0)
+    dims = (0,) + tuple(range(2, x.dim()))
+    exact = np.asarray(x.numpy(), dtype=np.longdouble)
+    centred = exact - exact.mean(axis=dims, keepdims=True)
+    want = (centred ** 2).sum(axis=dims) / (exact.size // c - 1)
+    rel = np.abs((running_var.numpy().astype(np.longdouble) - want) / want)
+    assert float(rel.max()) < 1e-13
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5, 5), (2, 3, 40, 40)])
+@pytest.mark.parametrize("where", ["input", "running_mean"])
+def test_evaluation_gradients_do_not_depend_on_the_input_as_in_torch(shape, where):
+    # In eval dx = dy * weight * invstd: an inf input or running mean leaves it finite in
+    # torch (the fused kernels computed (x - mean) * 0 = NaN there)
+    x = torch.randn(*shape)
+    theirs = torch.nn.BatchNorm1d(3) if len(shape) == 2 else torch.nn.BatchNorm2d(3)
+    ours = (bnlab.BatchNorm1d if len(shape) == 2 else bnlab.BatchNorm2d)(3)
+    if where == "input":
+        x[1, 0] = float("inf")
+    else:
+        theirs.running_mean[0] = float("nan")
+    ours.load_state_dict(theirs.state_dict())
+    ours.eval()
+    theirs.eval()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    dy = torch.randn(*shape)
+    ours(xa).backward(dy)
+    theirs(xb).backward(dy)
+    assert not xa.grad.isnan().any()
+    torch.testing.assert_close(xa.grad, xb.grad)
+
+
+def test_relu_passes_the_gradient_at_a_nan_as_in_torch():
+    x = torch.randn(2, 2, 4, 4)
+    x.view(-1)[3] = float("nan")
+    ours, theirs = bnlab.BatchNorm2d(2, activation="relu"), torch.nn.BatchNorm2d(2)
+    ours(x).sum().backward()
+    torch.relu(theirs(x)).sum().backward()
+    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad)
+
+
+def test_half_running_statistics_round_once_per_update_as_in_torch():
+    # float16 buffers: each update computed in float32 and rounded once (rounded three
+    # times, 28% of channels were an ulp off per step and drifted 3x torch's error)
+    gen = torch.Generator().manual_seed(0)
+    ours, theirs = bnlab.BatchNorm2d(64).half(), nn.BatchNorm2d(64).half()
+    for _ in range(20):
+        x = (torch.randn(8, 64, 6, 6, generator=gen) * 3 + 1).half()
+        ours(x)
+        theirs(x)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=0, atol=1e-3)
+    torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=0, atol=1e-3)

@@ -39,12 +39,15 @@ def check_dtypes(x: Tensor, tensors: tuple[Tensor | None, ...]) -> None:
 
 
 def check_input(x: Tensor, eps: float, training: bool) -> None:
-    """ValueError unless ``x`` is real floating point and, in training, ``eps`` > 0 (torch's
-    checks; shared with the synchronized op, which runs them before any communication)."""
+    """ValueError unless ``x`` is real floating point and ``eps`` > 0 in training, >= 0 in
+    evaluation (torch's checks; shared with the synchronized op, which runs them before any
+    communication)."""
     if not x.is_floating_point():  # (False for complex dtypes too)
         raise ValueError(f"batch_norm expects real floating-point input, got {x.dtype}")
     if training and not eps > 0:
         raise ValueError(f"batch_norm eps must be positive during training, got {eps}")
+    if not eps >= 0:
+        raise ValueError(f"batch_norm eps must be non-negative, got {eps}")
 
 
 def check_per_channel(

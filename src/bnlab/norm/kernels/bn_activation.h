@@ -48,7 +48,7 @@ inline T activate(T z) {
 template <int ACT, typename T>
 inline T activate_slope(T z) {
   if constexpr (ACT == kActRelu) {
-    return z > T(0) ? T(1) : T(0);
+    return z <= T(0) ? T(0) : T(1);  // a NaN passes the gradient, as torch's relu backward
   } else {
     const T s = T(1) / (T(1) + exp_of(-z));
     return s * (T(1) - s);

@@ -54,12 +54,21 @@ template <typename T>
 void rows_grad_input(const T* x, const T* dy, T* dx, const Layout& lay, const T* mean,
                      const T* k, const T* p, const T* q) {
   const int64_t M = lay.n, C = lay.c;
+  // Without x's terms (evaluation: p = q = 0) dx = dy * k, as torch's; (x - mean) * 0
+  // would be NaN at an infinite x or running mean.
+  bool x_terms = false;
+  for (int64_t c = 0; c < C; ++c) x_terms = x_terms || p[c] != T(0) || q[c] != T(0);
   at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C)),
                    [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xp = x + r * C;
       const T* g = dy + r * C;
       T* o = dx + r * C;
+      if (!x_terms) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] = g[c] * k[c];
+        continue;
+      }
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) o[c] = g[c] * k[c] + (xp[c] - mean[c]) * p[c] + q[c];
     }

@@ -3,12 +3,11 @@
 // namespace); split out only to keep each file readable.
 #pragma once
 
+// Rows layout: every channel's sums of (x - shift[c]) and its square.
 template <typename T>
 void rows_shifted_sums(const T* x, const Layout& lay, std::vector<double>& s1,
-                       std::vector<double>& s2, std::vector<double>& shift) {
+                       std::vector<double>& s2, const std::vector<double>& shift) {
   const int64_t M = lay.n, C = lay.c;
-  shift.assign(C, 0.0);
-  for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<double>(x[c]);
   const double* k = shift.data();
   std::vector<double> both;
   rows_reduce(M, C, both, [&](int64_t r0, int64_t r1, int64_t c0, int64_t width,
@@ -162,15 +161,26 @@ std::tuple<Tensor, Tensor, Tensor> forward_train(
     return {y, mean, invstd};
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_train", [&] {
-    std::vector<double> s1, s2, k;
-    s1.resize(C);
-    s2.resize(C);
-    k.resize(C);
-    if (lay.rows) {
-      rows_shifted_sums<scalar_t>(x.data_ptr<scalar_t>(), lay, s1, s2, k);
-    } else {
-      planar_shifted_sums<scalar_t>(x.data_ptr<scalar_t>(), lay, s1, s2, k);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    std::vector<double> s1(C), s2(C), k(C);
+    for (int64_t c = 0; c < C; ++c) k[c] = static_cast<double>(xp[lay.rows ? c : c * lay.l]);
+    auto sums = [&] {  // shifted by each channel's first value
+      if (lay.rows) {
+        rows_shifted_sums<scalar_t>(xp, lay, s1, s2, k);
+      } else {
+        planar_shifted_sums<scalar_t>(xp, lay, s1, s2, k);
+      }
+    };
+    sums();
+    bool again = false;  // (see shift_too_far)
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = s1[c] / count;
+      if (shift_too_far(d, (s2[c] - s1[c] * d) / count)) {
+        k[c] += d;
+        again = true;
+      }
     }
+    if (again) sums();
     scalar_t* m = mean.data_ptr<scalar_t>();
     scalar_t* is = invstd.data_ptr<scalar_t>();
     std::vector<double> var(C);

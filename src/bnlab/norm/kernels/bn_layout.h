@@ -100,7 +100,9 @@ inline void pool_plane(const T* a, T* out, int64_t L, int64_t W, T* scratch) {
   }
 #pragma omp simd
   for (int64_t k = 0; k < L / 4; ++k) {
-    out[k] = (((even[2 * k] + even[2 * k + 1]) + odd[2 * k]) + odd[2 * k + 1]) * T(0.25);
+    // from zero, as torch sums: a block of -0.0 averages to +0.0
+    out[k] = ((((T(0) + even[2 * k]) + even[2 * k + 1]) + odd[2 * k]) + odd[2 * k + 1]) *
+             T(0.25);
   }
 }
 

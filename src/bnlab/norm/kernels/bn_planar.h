@@ -49,13 +49,19 @@ inline void channel_shifted_sums(const T* x, int64_t C, int64_t L, int64_t c, in
   }
 }
 
-// Planar layout split by samples: every channel's shifted sums (shift: its first value).
+// A shift far from its channel's mean (an outlier as the channel's first value) cancels
+// about log10(d^2 / var) digits in sum(d^2) - sum(d)^2 / n, d = mean - shift: past
+// kRefineRatio the channel is summed again around the mean just found (float64 input lost
+// 1e-10 of the variance with a 1e6 outlier first among 1e6 values; float32 input never shows
+// it). NaN compares false: no second pass.
+constexpr double kRefineRatio = 1e4;
+inline bool shift_too_far(double d, double var) { return d * d > kRefineRatio * var; }
+
+// Planar layout split by samples: every channel's sums of (x - shift[c]) and its square.
 template <typename T>
 void planar_shifted_sums(const T* x, const Layout& lay, std::vector<double>& s1,
-                         std::vector<double>& s2, std::vector<double>& shift) {
+                         std::vector<double>& s2, const std::vector<double>& shift) {
   const int64_t C = lay.c, L = lay.l;
-  shift.assign(C, 0.0);
-  for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<double>(x[c * L]);
   std::vector<double> both;
   planar_reduce(lay, both, [&](int64_t c, int64_t n0, int64_t n1, double& a, double& b) {
     channel_shifted_sums(x, C, L, c, n0, n1, shift[c], a, b);
@@ -76,11 +82,18 @@ void planar_forward_train(const T* x, T* y, const Layout& lay, const T* w, const
                    [&](int64_t c0, int64_t c1) {
     std::vector<T> scratch(pool_scratch(lay));
     for (int64_t c = c0; c < c1; ++c) {
-      const double k = static_cast<double>(x[c * L]);
+      double k = static_cast<double>(x[c * L]);
       double a = 0.0, bb = 0.0;
       channel_shifted_sums(x, C, L, c, 0, N, k, a, bb);
-      const double d = a / count;
-      const double raw = (bb - a * d) / count;
+      double d = a / count;
+      double raw = (bb - a * d) / count;
+      if (shift_too_far(d, raw)) {
+        k += d;
+        a = bb = 0.0;
+        channel_shifted_sums(x, C, L, c, 0, N, k, a, bb);
+        d = a / count;
+        raw = (bb - a * d) / count;
+      }
       const double var = raw < 0.0 ? 0.0 : raw;  // not std::max: NaN stays NaN
       const T m = static_cast<T>(k + d);
       const T is = static_cast<T>(1.0 / std::sqrt(var + eps));
@@ -177,11 +190,19 @@ struct PlanarGrad {
   void input_grad(int64_t c, int64_t n0, int64_t n1, const std::array<T, 3>& kpq,
                   T* spread) const {
     const T m = mean[c], kc = kpq[0], pc = kpq[1], qc = kpq[2];
+    // Without x's terms (evaluation: p = q = 0) dx = dy * k, as torch's; (x - m) * 0 would
+    // be NaN at an infinite x or running mean.
+    const bool x_terms = pc != T(0) || qc != T(0);
     for (int64_t n = n0; n < n1; ++n) {
       const T* p = x + (n * C + c) * L;
       // with an activation dx holds dz here, overwritten element by element
       const T* g = ACT != kActNone ? dx + (n * C + c) * L : grad_plane(n, c, spread);
       T* o = dx + (n * C + c) * L;
+      if (!x_terms) {
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i) o[i] = g[i] * kc;
+        continue;
+      }
 #pragma omp simd
       for (int64_t i = 0; i < L; ++i) o[i] = g[i] * kc + (p[i] - m) * pc + qc;
     }

@@ -48,7 +48,7 @@ def activate(y, ACT: tl.constexpr):
 def through_activation(g, pre, ACT: tl.constexpr):
     """The gradient ``g`` of the activation's output, taken back to its input ``pre``."""
     if ACT == 1:
-        g = tl.where(pre > 0.0, g, 0.0)
+        g = tl.where(pre <= 0.0, 0.0, g)  # a NaN passes the gradient, as in torch
     elif ACT == 2:
         s = tl.sigmoid(pre)
         g = g * s * (1.0 - s)
