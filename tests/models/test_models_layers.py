@@ -283,3 +283,58 @@ def test_batched_gradients_equal_torchs(ops, cops):
     for ours, theirs in zip(*grads):
         assert ours.shape[0] == 3
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_a_block_of_negative_zeros_averages_to_positive_zero_as_in_torch(ops):
+    x = torch.full((1, 2, 4, 4), -0.0)
+    ours, theirs = AvgPool2d()(x), F.avg_pool2d(x, 2)
+    assert torch.equal(torch.signbit(ours), torch.signbit(theirs))  # torch sums from +0
+
+
+def test_pool_settings_changed_after_construction_are_honoured(ops):
+    pool = AvgPool2d()
+    pool.ceil_mode = True
+    x = torch.randn(1, 2, 5, 5)
+    torch.testing.assert_close(pool(x), F.avg_pool2d(x, 2, ceil_mode=True))
+    assert pool(x).shape == (1, 2, 3, 3)
+    assert repr(AvgPool2d(3, 1)) == repr(nn.AvgPool2d(3, 1))  # torch's signature
+
+
+def test_a_channels_last_convolution_gives_torchs_output_format(cops):
+    conv, ref = Conv2d(1, 3, 3), nn.Conv2d(1, 3, 3)
+    ref.load_state_dict(conv.state_dict())
+    conv, ref = (m.to(memory_format=torch.channels_last) for m in (conv, ref))
+    assert conv.weight.is_contiguous()  # both ways, with one input channel: strides differ
+    x = torch.randn(2, 1, 8, 8)
+    ours, theirs = conv(x), ref(x)
+    assert ours.stride() == theirs.stride()  # channels-last, as torch's
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_empty_channels_get_torchs_error(ops, cops):
+    with pytest.raises(RuntimeError):
+        F.avg_pool2d(torch.randn(2, 0, 4, 4), 2)  # torch's own, the reference
+    with pytest.raises(RuntimeError):
+        AvgPool2d()(torch.randn(2, 0, 4, 4))
+    with pytest.raises(RuntimeError):
+        nn.Conv2d(1, 0, 3)(torch.randn(2, 1, 8, 8))
+    with pytest.raises(RuntimeError):
+        Conv2d(1, 0, 3)(torch.randn(2, 1, 8, 8))
+
+
+def test_a_parametrized_weight_is_computed_once_per_call(cops):
+    from torch.nn.utils import parametrize
+
+    class Counting(nn.Module):
+        calls = 0
+
+        def forward(self, w):
+            Counting.calls += 1
+            return w
+
+    for x in (torch.randn(2, 1, 8, 8), torch.randn(2, 3, 8, 8)):  # bnlab's kernel; torch's
+        conv = Conv2d(x.shape[1], 4, 3)
+        parametrize.register_parametrization(conv, "weight", Counting())
+        Counting.calls = 0
+        conv(x)
+        assert Counting.calls == 1  # as nn.Conv2d (spectral_norm stepped twice a call)

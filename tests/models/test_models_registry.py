@@ -25,11 +25,12 @@ def test_default_norm_is_bnlab():
     assert any(isinstance(m, bnlab.BatchNorm1d) for m in build_model("lenet"))
 
 
-def test_unknown_model_lists_known_ones():
-    with pytest.raises(ValueError) as info:
-        build_model("resnet", "torch")
-    for name in available_models():
-        assert name in str(info.value)
+@pytest.mark.parametrize("name", ["resnet", ["lenet"], None])
+def test_unknown_model_lists_known_ones(name):
+    with pytest.raises(ValueError) as info:  # (a list was a TypeError: unhashable)
+        build_model(name, "torch")
+    for known in available_models():
+        assert known in str(info.value)
 
 
 def test_unknown_norm_through_registry():

@@ -38,6 +38,13 @@ def _plain_cpu_input(x: Tensor, dims: int) -> bool:
             and kernel_setting() != "reference")
 
 
+def _not_channels_last(w: Tensor) -> bool:
+    """A weight of one input channel is contiguous both ways; its strides say which torch
+    sees (``conv.to(memory_format=torch.channels_last)``: torch's output is channels-last,
+    so torch's op runs)."""
+    return w.shape[1] != 1 or w.stride(1) == w.shape[2] * w.shape[3] or w.numel() == 0
+
+
 def _cpu_autocast() -> bool:
     try:
         return torch.is_autocast_enabled("cpu")
@@ -45,33 +52,47 @@ def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def fast_pool_applies(x: Tensor) -> bool:
-    """Whether bnlab's 2x2 pooling kernel takes ``x`` (checked on every call: cheap)."""
-    return (_plain_cpu_input(x, 4) and x.shape[2] >= 2 and x.shape[3] >= 2
-            and pool_ops() is not None)
+def fast_pool_applies(x: Tensor, pool: nn.AvgPool2d | None = None) -> bool:
+    """Whether bnlab's 2x2 pooling kernel takes ``x`` (checked on every call: cheap);
+    ``pool``: the layer, which must still be a plain 2x2 average (its settings can be
+    changed after construction)."""
+    return ((pool is None or _plain_2x2(pool))
+            and _plain_cpu_input(x, 4) and x.shape[1] >= 1 and x.shape[2] >= 2
+            and x.shape[3] >= 2 and pool_ops() is not None)
 
 
-def fast_conv_applies(conv: nn.Conv2d, x: Tensor) -> bool:
+def _plain_2x2(pool: nn.AvgPool2d) -> bool:
+    return (pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
+            and pool.padding in (0, (0, 0)) and not pool.ceil_mode
+            and pool.divisor_override is None)
+
+
+def fast_conv_applies(conv: nn.Conv2d, x: Tensor, weight: Tensor | None = None,
+                      bias: Tensor | None = None) -> bool:
     """Whether bnlab's convolution kernel takes ``conv(x)`` (not under CPU autocast, where
-    torch's convolution runs in the lower precision)."""
-    w = conv.weight
+    torch's convolution runs in the lower precision); ``weight``/``bias``: the layer's, as
+    already read (a parametrized weight is computed on each read)."""
+    w = conv.weight if weight is None else weight
+    b = conv.bias if weight is None else bias
     return (conv.in_channels == 1 and conv.groups == 1 and conv.stride == (1, 1)
             and not _cpu_autocast()
             and conv.dilation == (1, 1) and conv.padding in ((0, 0), "valid")
             and _plain_cpu_input(x, 4) and w.dtype == x.dtype and w.is_contiguous()
-            and (conv.bias is None or conv.bias.dtype == x.dtype)
+            and _not_channels_last(w) and w.shape[0] >= 1 and (b is None or b.dtype == x.dtype)
             and x.shape[2] >= w.shape[2] and x.shape[3] >= w.shape[3]
             and conv_ops() is not None)
 
 
 class AvgPool2d(nn.AvgPool2d):
-    """``nn.AvgPool2d(kernel_size=2, stride=2)``; (N, C, H, W) -> (N, C, H // 2, W // 2)."""
+    """``nn.AvgPool2d(kernel_size=2, stride=2)`` (those are its defaults; other settings
+    take torch's op); (N, C, H, W) -> (N, C, H // 2, W // 2)."""
 
-    def __init__(self) -> None:
-        super().__init__(kernel_size=2, stride=2)
+    def __init__(self, kernel_size: int | tuple[int, int] = 2,
+                 stride: int | tuple[int, int] | None = 2, **kwargs: object) -> None:
+        super().__init__(kernel_size=kernel_size, stride=stride, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
-        if fast_pool_applies(x):
+        if fast_pool_applies(x, self):
             return pool_ops().avg_pool2x2.default(x)
         return super().forward(x)
 
@@ -81,6 +102,7 @@ class Conv2d(nn.Conv2d):
     bnlab's kernel where :func:`fast_conv_applies`."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if fast_conv_applies(self, x):
-            return conv_ops().conv2d.default(x, self.weight, self.bias)
-        return super().forward(x)
+        weight, bias = self.weight, self.bias  # once: a parametrization computes each read
+        if fast_conv_applies(self, x, weight, bias):
+            return conv_ops().conv2d.default(x, weight, bias)
+        return self._conv_forward(x, weight, bias)

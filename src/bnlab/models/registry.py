@@ -33,7 +33,7 @@ def build_model(name: str, norm: str = "bnlab") -> nn.Module:
 
     Raises ValueError naming the known models (or norms) for an unknown one.
     """
-    builder = MODELS.get(name)
+    builder = MODELS.get(name) if isinstance(name, str) else None
     if builder is None:
         raise ValueError(
             f"unknown model {name!r}; available models: {', '.join(available_models())}"

@@ -45,7 +45,8 @@ void pool_forward(const T* x, T* y, int64_t planes, int64_t h, int64_t w) {
         T* o = out + i * wo;
         for (int64_t j = 0; j < wo; ++j) {
           // torch's order: rows outer, columns inner, from zero; then / 4
-          o[j] = (((r0[2 * j] + r0[2 * j + 1]) + r1[2 * j]) + r1[2 * j + 1]) * T(0.25);
+          o[j] = ((((T(0) + r0[2 * j]) + r0[2 * j + 1]) + r1[2 * j]) + r1[2 * j + 1]) *
+                 T(0.25);
         }
       }
     }
