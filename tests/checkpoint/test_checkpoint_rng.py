@@ -1,5 +1,6 @@
 """capture_rng_state / restore_rng_state: every generator comes back bit for bit, through JSON."""
 
+import base64
 import json
 import random
 import warnings
@@ -96,7 +97,6 @@ def test_cuda_states_are_captured_and_restored_per_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: states[d])
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: restored.append((s.clone(), d)))
     state = capture_rng_state()
     assert len(state["cuda"]) == 2
@@ -114,17 +114,24 @@ def test_a_cuda_state_of_the_wrong_size_fails_before_any_generator_is_set(monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [live])
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: live)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: restored.append(d))
+
+    def never(*_args):
+        raise AssertionError("reading a CUDA generator starts CUDA; restoring must not")
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state", never)
     state = capture_rng_state()
     state["cuda"][0] = "AAAA"  # 3 bytes
     torch.manual_seed(11)
     random.seed(11)
     np.random.seed(11)
-    with pytest.raises(CheckpointError, match=r"'cuda\[0\]' holds 3 bytes, not the 16"):
+    with pytest.raises(CheckpointError, match=r"'cuda\[0\]' holds 3 bytes, not a CUDA gen"):
         restore_rng_state(state)
     got = draws()
     torch.manual_seed(11)
     random.seed(11)
     np.random.seed(11)
     assert got == draws() and restored == []
+    state["cuda"][0] = base64.b64encode(bytes(8)).decode()  # a seed alone: torch takes it
+    restore_rng_state(state)
+    assert restored == [0]

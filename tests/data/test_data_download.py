@@ -244,10 +244,3 @@ def test_a_killed_download_s_temp_file_is_removed_a_day_later(mirror_server, tmp
     mirror_server.serve(PATH, GOOD)
     download_file(SPEC, tmp_path, config(mirror_server.url))
     assert not old.exists() and young.exists()
-
-
-def test_a_failed_download_leaves_no_directory_it_created(tmp_path):
-    target = tmp_path / "new" / "data"
-    with pytest.raises(DatasetError):
-        download_file(SPEC, target, config("http://127.0.0.1:9/", attempts=1))
-    assert not target.exists()

@@ -183,3 +183,19 @@ def test_without_a_home_directory_nothing_found_says_where_to_put_the_data(isola
     with pytest.raises(DatasetError) as info:
         locate(download=True)
     assert "no home directory" in info.value.found and "--data-dir" in info.value.found
+
+
+def test_without_a_home_directory_a_tilde_path_is_a_clear_error(isolated, monkeypatch):
+    _homeless(monkeypatch)
+    monkeypatch.setattr(Path, "expanduser", _no_home_expanduser)
+    monkeypatch.setenv("BNLAB_DATA", "~/fashion")
+    for root in (None, "~/data"):
+        with pytest.raises(DatasetError) as info:
+            locate(root)
+        assert "no home directory" in info.value.found
+
+
+def _no_home_expanduser(self):
+    if str(self).startswith("~"):
+        raise RuntimeError("Could not determine home directory.")
+    return self

@@ -136,10 +136,13 @@ def test_rank_device_on_cpu():
     (["train", "--nproc", "2"], "--nproc starts the processes itself"),
     (["compare"], "compare is not data-parallel"),
 ])
-def test_cli_under_torchrun_refuses_what_it_cannot_do(env, capsys, argv, message):
+def test_cli_under_torchrun_refuses_what_it_cannot_do(env, capsys, argv, message, tmp_path):
     env.setenv("WORLD_SIZE", "2")
-    assert main([*argv, "--device", "cpu"]) == 2
+    env.chdir(tmp_path)
+    env.setenv("BNLAB_DATA", str(tmp_path / "no-data-here"))  # refused before any loading
+    assert main([*argv, "--device", "cpu", "--no-download"]) == 2
     assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing created (no runs/...)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -18,15 +18,28 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 
 
 def _launcher(tmp_path: Path, worker: str, grace_s: float = 5.0,
-              sigint_ignored: bool = False) -> subprocess.Popen:
+              ignored: tuple[int, ...] = ()) -> subprocess.Popen:
+    """``ignored``: signals the launcher starts with ignored, as a script's ``cmd &``
+    (SIGINT) or ``nohup`` (SIGHUP) start it; what it starts inherits that."""
     script = ("import sys; from bnlab.distributed import spawn_local; "
               f"from dist_workers import {worker}; "
               f"sys.exit(spawn_local(2, {worker}, ({str(tmp_path)!r},), grace_s={grace_s}))")
-    # As a script's `cmd &` starts it: SIGINT ignored, inherited by what it starts.
-    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+
+    def ignore() -> None:
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
+
     return subprocess.Popen([sys.executable, "-c", script], env=child_env(tmp_path),
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, preexec_fn=ignore)
+
+
+def _end(launcher: subprocess.Popen, pids: list[int]) -> None:
+    """Whatever a test left running: gone."""
+    for pid in [launcher.pid, *pids]:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    launcher.wait(30)
 
 
 def _worker_pids(tmp_path: Path, launcher: subprocess.Popen) -> list[int]:
@@ -59,12 +72,10 @@ def _gone_within(pids: list[int], seconds: float) -> bool:
     return True
 
 
-@pytest.mark.parametrize("sig, sigint_ignored", [(signal.SIGTERM, False),
-                                                 (signal.SIGHUP, False),
-                                                 (signal.SIGTERM, True)])
-def test_a_terminated_launcher_stops_its_workers_as_after_ctrl_c(tmp_path, sig,
-                                                                 sigint_ignored):
-    launcher = _launcher(tmp_path, "wait_to_be_stopped", sigint_ignored=sigint_ignored)
+@pytest.mark.parametrize("sig, ignored", [(signal.SIGTERM, ()), (signal.SIGHUP, ()),
+                                          (signal.SIGTERM, (signal.SIGINT,))])
+def test_a_terminated_launcher_stops_its_workers_as_after_ctrl_c(tmp_path, sig, ignored):
+    launcher = _launcher(tmp_path, "wait_to_be_stopped", ignored=ignored)
     pids = _worker_pids(tmp_path, launcher)
     launcher.send_signal(sig)
     try:
@@ -73,14 +84,14 @@ def test_a_terminated_launcher_stops_its_workers_as_after_ctrl_c(tmp_path, sig,
         os.killpg(launcher.pid, signal.SIGKILL) if launcher.poll() is None else None
     assert launcher.returncode == 128 + sig, err
     assert _gone_within(pids, 5)
-    # SIGINT passed on: each stopped on its own, as after Ctrl-C, not terminated mid-way
+    # passed on as their first SIGTERM: each stopped as after Ctrl-C, not killed mid-way
     assert (tmp_path / "stopped-0").exists() and (tmp_path / "stopped-1").exists()
 
 
 def test_workers_of_a_killed_launcher_do_not_train_on(tmp_path):
     # SIGINT ignored, as under `bnlab train --nproc 2 ... &` in a script: torch's own
     # parent-death signal (SIGINT) was then lost and the workers trained to the end.
-    launcher = _launcher(tmp_path, "wait_to_be_stopped", sigint_ignored=True)
+    launcher = _launcher(tmp_path, "wait_to_be_stopped", ignored=(signal.SIGINT,))
     pids = _worker_pids(tmp_path, launcher)
     launcher.kill()  # SIGKILL: no handler runs; the kernel tells the workers (Linux)
     launcher.wait(30)  # (not communicate: surviving workers would hold its pipes open)
@@ -101,3 +112,33 @@ def test_when_one_fails_the_others_get_time_to_finish_their_outputs(tmp_path):
         child_env(tmp_path), tmp_path, 90)
     assert done.returncode == 3, done.stderr
     assert (tmp_path / "rank-0-finished").exists()  # not terminated the moment rank 1 failed
+
+
+def test_an_ignored_hangup_or_interrupt_stays_ignored(tmp_path):
+    # nohup ignores SIGHUP and a script's `cmd &` SIGINT (a Ctrl-C meant for the script's
+    # foreground command reaches the whole process group): the run goes on.
+    launcher = _launcher(tmp_path, "wait_to_be_stopped",
+                         ignored=(signal.SIGHUP, signal.SIGINT))
+    pids = _worker_pids(tmp_path, launcher)
+    try:
+        launcher.send_signal(signal.SIGHUP)
+        for pid in pids:
+            os.kill(pid, signal.SIGINT)
+        time.sleep(2)
+        assert launcher.poll() is None and all(_alive(pid) for pid in pids)
+    finally:
+        _end(launcher, pids)
+
+
+def test_an_interrupt_sent_to_the_launcher_alone_reaches_the_workers(tmp_path):
+    # `kill -INT <launcher>`, not a terminal's Ctrl-C: after grace_s they get SIGTERM,
+    # which they take as Ctrl-C
+    launcher = _launcher(tmp_path, "wait_to_be_stopped", grace_s=1.0)
+    pids = _worker_pids(tmp_path, launcher)
+    try:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(30)
+        assert _gone_within(pids, 5)
+        assert (tmp_path / "stopped-0").exists() and (tmp_path / "stopped-1").exists()
+    finally:
+        _end(launcher, pids)

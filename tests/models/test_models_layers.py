@@ -338,3 +338,13 @@ def test_a_parametrized_weight_is_computed_once_per_call(cops):
         Counting.calls = 0
         conv(x)
         assert Counting.calls == 1  # as nn.Conv2d (spectral_norm stepped twice a call)
+
+
+def test_one_channel_channels_last_input_gives_torchs_output_format(ops, cops):
+    x = torch.randn(2, 8, 8, 1).permute(0, 3, 1, 2)  # channels-last strides, one channel
+    assert x.is_contiguous()  # both ways: only the strides tell them apart
+    conv, ref = Conv2d(1, 3, 3), nn.Conv2d(1, 3, 3)
+    ref.load_state_dict(conv.state_dict())
+    for ours, theirs in ((conv(x), ref(x)), (AvgPool2d()(x), F.avg_pool2d(x, 2))):
+        assert ours.stride() == theirs.stride()
+        torch.testing.assert_close(ours, theirs)

@@ -34,7 +34,7 @@ def add_parallel_options(p: argparse.ArgumentParser) -> None:
 
 def launch(nproc: int, run: Callable[..., int], config: TrainConfig, *args: object) -> int:
     """Run ``run(config, *args)`` in ``nproc`` local processes; the first failure's status."""
-    if world_info().distributed:
+    if world_info().distributed:  # (also checked by the CLI before check_launch)
         raise CLIError("--nproc starts the processes itself; under torchrun (WORLD_SIZE is "
                        "set) leave it out")
     return spawn_local(nproc, _worker, (run, config, *args))

@@ -99,21 +99,14 @@ def download_file(spec: FileSpec, directory: Path, config: DownloadConfig) -> Pa
     Raises DatasetError listing every mirror's failure when none yields a verified file.
     """
     target = Path(directory) / spec.archive
-    created = not target.parent.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DatasetError(target.parent, "a writable directory", str(err), FIX_WRITABLE) from None
+    # (A failed download leaves the directory it made: removing it again could pull it
+    # from under another process downloading into it.)
     _remove_stale_parts(target)
-    try:
-        return _from_mirrors(spec, target, config)
-    except DatasetError:
-        if created:
-            try:
-                target.parent.rmdir()  # the directory this call made, if nothing is in it
-            except OSError:
-                pass
-        raise
+    return _from_mirrors(spec, target, config)
 
 
 def _remove_stale_parts(target: Path) -> None:

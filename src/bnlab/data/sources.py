@@ -46,11 +46,21 @@ class SearchPaths:
         if root is not None and not os.fspath(root):
             raise ValueError("root (--data-dir) is empty: name a directory, or pass None")
         return cls(
-            root=Path(root).expanduser() if root is not None else None,
-            env=Path(env).expanduser() if env else None,
+            root=_expanded(Path(root)) if root is not None else None,
+            env=_expanded(Path(env)) if env else None,
             cache=user_cache_dir(),
             system=SYSTEM_DIR,
         )
+
+
+def _expanded(path: Path) -> Path:
+    """``path`` with ``~`` expanded; DatasetError where there is no home directory."""
+    try:
+        return path.expanduser()
+    except RuntimeError:  # "Could not determine home directory."
+        raise DatasetError(path, "a directory", "'~' cannot be expanded: there is no home "
+                           "directory (HOME unset, no passwd entry)",
+                           "name the directory by its absolute path") from None
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,15 @@ N, and ``MASTER_ADDR``/``MASTER_PORT`` = 127.0.0.1 and a free port, then runs
 ``fn(*args)``. When one process exits with an error the others get ``grace_s`` seconds to
 end on their own (a peer's failure breaks their collectives; rank 0 then writes what its
 completed epochs leave), then SIGTERM, then SIGKILL, and its status is returned: one dead
-rank never leaves the rest waiting. Stopping this process stops them too: Ctrl-C reaches
-them with it; SIGTERM or SIGHUP here is passed on to them as SIGINT (so they stop as after
-Ctrl-C, outputs written); each is given ``grace_s`` to exit before it is terminated; and on
-Linux each is also sent SIGTERM by the kernel if this process dies without a word
-(``kill -9``).
+rank never leaves the rest waiting.
+
+Stopping this process stops them too. In them the first SIGTERM stops the run as Ctrl-C
+does (KeyboardInterrupt: outputs of completed epochs written), a second one ends them at
+once. A terminal's Ctrl-C reaches them with this process; SIGTERM (or SIGHUP, unless
+ignored, as under ``nohup``) here is passed on to them; a SIGINT sent to this process alone
+reaches them as SIGTERM after ``grace_s``; and on Linux the kernel sends each SIGTERM if
+this process dies without a word (``kill -9``). An ignored SIGINT (a script's ``cmd &``) is
+left ignored in them.
 """
 
 from __future__ import annotations
@@ -51,12 +55,16 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _stop_like_ctrl_c(signum: int, _frame: object) -> None:
+    """A worker's first SIGTERM: stop as after Ctrl-C; the next one ends it at once."""
+    signal.signal(signum, signal.SIG_DFL)
+    raise KeyboardInterrupt
+
+
 def _entry(local_rank: int, nproc: int, port: int, parent: int, fn: Callable[..., int | None],
            args: tuple) -> None:
     _die_with_parent(parent)
-    # A launcher started in the background by a script inherits SIGINT ignored (so do we):
-    # the SIGINT it passes on must still stop this process as Ctrl-C would.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     os.environ.update(
         RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
         LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
@@ -107,12 +115,14 @@ def spawn_local(nproc: int, fn: Callable[..., int | None], args: tuple = (), *,
     return 0
 
 
-_PASSED_ON = (signal.SIGTERM, signal.SIGHUP)
+# (getattr: Windows has no SIGHUP)
+_PASSED_ON = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s)
 
 
 def _pass_on_termination(processes: list) -> dict[int, object]:
-    """Until :func:`_restore`: SIGTERM/SIGHUP here send the workers SIGINT, then end this
-    process's wait (SystemExit, status 128 + the signal) so that they are stopped."""
+    """Until :func:`_restore`: SIGTERM (and SIGHUP, unless ignored) here are passed on to the
+    workers, then end this process's wait (SystemExit, status 128 + the signal) so that
+    they are stopped."""
     if threading.current_thread() is not threading.main_thread():
         return {}  # signal handlers belong to the main thread
 
@@ -120,23 +130,30 @@ def _pass_on_termination(processes: list) -> dict[int, object]:
         for process in processes:
             if process.is_alive():
                 try:
-                    os.kill(process.pid, signal.SIGINT)
+                    os.kill(process.pid, signal.SIGTERM)  # their first: as Ctrl-C
                 except OSError:
                     pass
         raise SystemExit(128 + signum)
 
-    return {sig: signal.signal(sig, handler) for sig in _PASSED_ON}
+    previous = {}
+    for sig in _PASSED_ON:
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays so
+            previous[sig] = signal.signal(sig, handler)
+    return previous
 
 
 def _restore(previous: dict[int, object]) -> None:
     for sig, handler in previous.items():
-        signal.signal(sig, handler)
+        try:
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        except (TypeError, ValueError):  # a handler not installed from Python
+            pass
 
 
 def _stop(processes: list, grace_s: float) -> None:
     """What still runs (after Ctrl-C or a signal here, which reached the workers too) gets
-    ``grace_s`` to end on its own (writing its outputs), then SIGTERM, then SIGKILL after
-    another ``grace_s``."""
+    ``grace_s`` to end on its own (writing its outputs), then SIGTERM (a worker's first
+    stops it as Ctrl-C would), then SIGKILL after another ``grace_s``."""
     for step in (None, "terminate", "kill"):
         deadline = time.monotonic() + grace_s
         for process in processes:

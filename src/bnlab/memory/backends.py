@@ -153,7 +153,9 @@ class _CpuBackend:
     def what(self) -> str:
         if _read_proc_status("VmRSS") is not None:
             return "process RSS"
-        return "the process's largest RSS so far: no /proc to read the current one"
+        if _read_maxrss() is not None:
+            return "the process's largest RSS so far: no /proc to read the current one"
+        return "unknown here: no /proc, no getrusage"
 
     def _rss(self) -> int:
         rss = _read_proc_status("VmRSS")

@@ -6,6 +6,8 @@ every user of that device in the process; so each reset first hands the peak see
 every open measurement of that device (every manager's since its ``reset_peak``, every
 ``track()`` block), and each reports the largest of what it was handed and the counter:
 ``train_classify`` resetting per epoch inside an outer ``track()`` block loses nothing.
+(Where the CPU's counter cannot be reset, a reset clears only one manager's own samples,
+and hands them only to that manager's open measurements.)
 """
 
 from __future__ import annotations

@@ -33,16 +33,17 @@ _PLAIN = (Tensor, nn.Parameter)
 def _plain_cpu_input(x: Tensor, dims: int) -> bool:
     # type first: an FX Proxy must not reach the comparisons (they would be traced)
     return (type(x) in _PLAIN and x.dtype in _DTYPES and x.is_cpu and x.dim() == dims
-            and x.is_contiguous() and not torch.compiler.is_compiling()
+            and x.is_contiguous() and _not_channels_last(x)
+            and not torch.compiler.is_compiling()
             and not transform_active()
             and kernel_setting() != "reference")
 
 
-def _not_channels_last(w: Tensor) -> bool:
-    """A weight of one input channel is contiguous both ways; its strides say which torch
-    sees (``conv.to(memory_format=torch.channels_last)``: torch's output is channels-last,
-    so torch's op runs)."""
-    return w.shape[1] != 1 or w.stride(1) == w.shape[2] * w.shape[3] or w.numel() == 0
+def _not_channels_last(t: Tensor) -> bool:
+    """A 4D tensor of one channel (an input, or a weight of one input channel) is contiguous
+    both ways; its strides say which torch sees (channels-last: torch's output would be
+    too, so torch's op runs)."""
+    return t.shape[1] != 1 or t.stride(1) == t.shape[2] * t.shape[3] or t.numel() == 0
 
 
 def _cpu_autocast() -> bool:

@@ -46,7 +46,7 @@ def check_input(x: Tensor, eps: float, training: bool) -> None:
         raise ValueError(f"batch_norm expects real floating-point input, got {x.dtype}")
     if training and not eps > 0:
         raise ValueError(f"batch_norm eps must be positive during training, got {eps}")
-    if not eps >= 0:
+    if eps < 0:  # (a NaN passes, as in torch)
         raise ValueError(f"batch_norm eps must be non-negative, got {eps}")
 
 

@@ -39,7 +39,11 @@ def mark_used(library: Path) -> None:
 
 def prune(target: Path) -> None:
     """Remove other builds of ``target``'s library (same file name, another key) unused for
-    ``PRUNE_AFTER_S``, their directories once empty, and old failure records."""
+    ``PRUNE_AFTER_S``, their directories once empty, and old failure records. A library
+    without a digest (an older bnlab's, which marks no use) counts from when it was built;
+    an older bnlab still using it builds it again. (A process that loads a library unused
+    for 30 days at the very moment another one prunes it may lose it, and takes its
+    fallback path: one process, once in that window.)"""
     cutoff = time.time() - PRUNE_AFTER_S
     for other in target.parent.parent.glob(f"*/{target.name}"):
         if other.parent == target.parent:
