@@ -53,3 +53,10 @@ def rank_one_fails(directory: str) -> int:
     time.sleep(1.5)
     Path(directory, "rank-0-finished").touch()
     return 0
+
+
+def sleep_forever(directory: str) -> int:
+    """Record this rank's pid and sleep, catching nothing."""
+    Path(directory, f"pid-{world_info().rank}").write_text(str(os.getpid()))
+    time.sleep(600)
+    return 0

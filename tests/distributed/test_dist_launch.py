@@ -142,3 +142,38 @@ def test_an_interrupt_sent_to_the_launcher_alone_reaches_the_workers(tmp_path):
         assert (tmp_path / "stopped-0").exists() and (tmp_path / "stopped-1").exists()
     finally:
         _end(launcher, pids)
+
+
+@pytest.mark.parametrize("how", ["group SIGTERM", "group SIGHUP", "SIGTERM then SIGHUP"])
+def test_a_signal_that_arrives_twice_still_lets_the_workers_finish(tmp_path, how):
+    # `timeout`, systemd and a closing terminal signal the whole process group: each worker
+    # gets the signal itself and again from the launcher; the second must not kill it
+    # while it writes its outputs
+    launcher = _launcher(tmp_path, "wait_to_be_stopped")
+    pids = _worker_pids(tmp_path, launcher)
+    try:
+        if how == "group SIGTERM":
+            os.killpg(launcher.pid, signal.SIGTERM)
+        elif how == "group SIGHUP":
+            os.killpg(launcher.pid, signal.SIGHUP)
+        else:
+            launcher.send_signal(signal.SIGTERM)
+            launcher.send_signal(signal.SIGHUP)
+        launcher.wait(30)
+        assert launcher.returncode in (128 + signal.SIGTERM, 128 + signal.SIGHUP)
+        assert _gone_within(pids, 5)
+        assert (tmp_path / "stopped-0").exists() and (tmp_path / "stopped-1").exists()
+    finally:
+        _end(launcher, pids)
+
+
+def test_a_worker_stopped_by_a_signal_is_not_a_success(tmp_path):
+    # torch's spawn wrapper exits 0 on a KeyboardInterrupt its function lets through
+    launcher = _launcher(tmp_path, "sleep_forever", grace_s=1.0)
+    pids = _worker_pids(tmp_path, launcher)
+    try:
+        os.kill(pids[1], signal.SIGTERM)
+        launcher.wait(30)
+        assert launcher.returncode == 130
+    finally:
+        _end(launcher, pids)

@@ -8,13 +8,17 @@ end on their own (a peer's failure breaks their collectives; rank 0 then writes 
 completed epochs leave), then SIGTERM, then SIGKILL, and its status is returned: one dead
 rank never leaves the rest waiting.
 
-Stopping this process stops them too. In them the first SIGTERM stops the run as Ctrl-C
-does (KeyboardInterrupt: outputs of completed epochs written), a second one ends them at
-once. A terminal's Ctrl-C reaches them with this process; SIGTERM (or SIGHUP, unless
-ignored, as under ``nohup``) here is passed on to them; a SIGINT sent to this process alone
-reaches them as SIGTERM after ``grace_s``; and on Linux the kernel sends each SIGTERM if
-this process dies without a word (``kill -9``). An ignored SIGINT (a script's ``cmd &``) is
-left ignored in them.
+Stopping this process stops them too. In them the first of SIGINT, SIGTERM and SIGHUP
+stops the run as Ctrl-C does (KeyboardInterrupt: the outputs of completed epochs written)
+and the later ones are ignored (a signal sent to the whole process group, e.g. by
+``timeout`` or a closing terminal, arrives twice: directly and passed on), so only SIGKILL
+cuts that short. A terminal's Ctrl-C reaches them with this process; SIGTERM (or SIGHUP)
+here is passed on to them, once; a SIGINT sent to this process alone reaches them as
+SIGTERM after ``grace_s``; SIGKILL follows ``grace_s`` later, or at once on a second Ctrl-C
+here; and on Linux the kernel sends each SIGTERM if this process dies without a word
+(``kill -9``). A signal ignored when this process started (SIGHUP under ``nohup``, SIGINT
+for a script's ``cmd &``) stays ignored, here and in them. Signals are passed on only when
+:func:`spawn_local` runs in the main thread.
 """
 
 from __future__ import annotations
@@ -55,16 +59,24 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _stop_like_ctrl_c(signum: int, _frame: object) -> None:
-    """A worker's first SIGTERM: stop as after Ctrl-C; the next one ends it at once."""
-    signal.signal(signum, signal.SIG_DFL)
+# (getattr: Windows has no SIGHUP)
+_STOPPING = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
+                  if s)
+
+
+def _stop_like_ctrl_c(_signum: int, _frame: object) -> None:
+    """A worker's first stop signal: stop as after Ctrl-C, and ignore the ones after it."""
+    for sig in _STOPPING:
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def _entry(local_rank: int, nproc: int, port: int, parent: int, fn: Callable[..., int | None],
            args: tuple) -> None:
+    for sig in _STOPPING:
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored one stays ignored
+            signal.signal(sig, _stop_like_ctrl_c)
     _die_with_parent(parent)
-    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     os.environ.update(
         RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
         LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
@@ -73,9 +85,12 @@ def _entry(local_rank: int, nproc: int, port: int, parent: int, fn: Callable[...
     if "OMP_NUM_THREADS" not in os.environ:
         # N processes each using every core would oversubscribe the CPU.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
-    status = fn(*args)
+    try:
+        status = fn(*args)
+    except KeyboardInterrupt:  # (torch's wrapper would exit 0: a stopped run is no success)
+        status = 130
     if status:
-        sys.exit(status)
+        sys.exit(status if isinstance(status, int) and 0 < status < 256 else 1)
 
 
 def _exit_status(code: int) -> int:
@@ -110,13 +125,14 @@ def spawn_local(nproc: int, fn: Callable[..., int | None], args: tuple = (), *,
               file=sys.stderr)
         return 1
     finally:
-        _restore(previous)
-        _stop(context.processes, grace_s)
+        try:
+            _stop(context.processes, grace_s)
+        finally:
+            _restore(previous)
     return 0
 
 
-# (getattr: Windows has no SIGHUP)
-_PASSED_ON = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s)
+_PASSED_ON = _STOPPING[1:]  # SIGTERM, SIGHUP
 
 
 def _pass_on_termination(processes: list) -> dict[int, object]:
@@ -127,6 +143,8 @@ def _pass_on_termination(processes: list) -> dict[int, object]:
         return {}  # signal handlers belong to the main thread
 
     def handler(signum: int, _frame: object) -> None:
+        for sig in previous:  # once: a second signal must not cut the stopping short
+            signal.signal(sig, signal.SIG_IGN)
         for process in processes:
             if process.is_alive():
                 try:
@@ -151,15 +169,21 @@ def _restore(previous: dict[int, object]) -> None:
 
 
 def _stop(processes: list, grace_s: float) -> None:
-    """What still runs (after Ctrl-C or a signal here, which reached the workers too) gets
-    ``grace_s`` to end on its own (writing its outputs), then SIGTERM (a worker's first
-    stops it as Ctrl-C would), then SIGKILL after another ``grace_s``."""
-    for step in (None, "terminate", "kill"):
-        deadline = time.monotonic() + grace_s
+    """What still runs gets ``grace_s`` to end on its own (after Ctrl-C or a signal passed
+    on: writing its outputs), then SIGTERM (a worker not yet stopping takes it as Ctrl-C),
+    then SIGKILL after another ``grace_s``; interrupted (a second Ctrl-C), SIGKILL at once."""
+    try:
+        for step in (None, "terminate", "kill"):
+            deadline = time.monotonic() + grace_s
+            for process in processes:
+                if step is not None and process.is_alive():
+                    getattr(process, step)()
+            for process in processes:
+                process.join(max(0.0, deadline - time.monotonic()))
+            if not any(process.is_alive() for process in processes):
+                return
+    except BaseException:
         for process in processes:
-            if step is not None and process.is_alive():
-                getattr(process, step)()
-        for process in processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-        if not any(process.is_alive() for process in processes):
-            return
+            if process.is_alive():
+                process.kill()
+        raise
