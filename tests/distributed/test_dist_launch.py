@@ -72,6 +72,12 @@ def _gone_within(pids: list[int], seconds: float) -> bool:
     return True
 
 
+def _assert_stopped_on_their_own(tmp_path: Path, pids: list[int]) -> None:
+    """Both workers ended, each after stopping as after Ctrl-C (its outputs written)."""
+    assert _gone_within(pids, 5)
+    assert (tmp_path / "stopped-0").exists() and (tmp_path / "stopped-1").exists()
+
+
 @pytest.mark.parametrize("sig, ignored", [(signal.SIGTERM, ()), (signal.SIGHUP, ()),
                                           (signal.SIGTERM, (signal.SIGINT,))])
 def test_a_terminated_launcher_stops_its_workers_as_after_ctrl_c(tmp_path, sig, ignored):
@@ -83,9 +89,8 @@ def test_a_terminated_launcher_stops_its_workers_as_after_ctrl_c(tmp_path, sig, 
     finally:
         os.killpg(launcher.pid, signal.SIGKILL) if launcher.poll() is None else None
     assert launcher.returncode == 128 + sig, err
-    assert _gone_within(pids, 5)
     # passed on as their first SIGTERM: each stopped as after Ctrl-C, not killed mid-way
-    assert (tmp_path / "stopped-0").exists() and (tmp_path / "stopped-1").exists()
+    _assert_stopped_on_their_own(tmp_path, pids)
 
 
 def test_workers_of_a_killed_launcher_do_not_train_on(tmp_path):
@@ -138,8 +143,7 @@ def test_an_interrupt_sent_to_the_launcher_alone_reaches_the_workers(tmp_path):
     try:
         launcher.send_signal(signal.SIGINT)
         launcher.wait(30)
-        assert _gone_within(pids, 5)
-        assert (tmp_path / "stopped-0").exists() and (tmp_path / "stopped-1").exists()
+        _assert_stopped_on_their_own(tmp_path, pids)
     finally:
         _end(launcher, pids)
 
@@ -161,8 +165,7 @@ def test_a_signal_that_arrives_twice_still_lets_the_workers_finish(tmp_path, how
             launcher.send_signal(signal.SIGHUP)
         launcher.wait(30)
         assert launcher.returncode in (128 + signal.SIGTERM, 128 + signal.SIGHUP)
-        assert _gone_within(pids, 5)
-        assert (tmp_path / "stopped-0").exists() and (tmp_path / "stopped-1").exists()
+        _assert_stopped_on_their_own(tmp_path, pids)
     finally:
         _end(launcher, pids)
 
