@@ -19,7 +19,7 @@ from .parser import (
     positive_int,
     seed_int,
 )
-from .train_parallel import add_parallel_options, launch
+from .train_parallel import add_parallel_options, launch, refuse_under_torchrun
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -94,9 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
     options = {"resume": args.resume, "progress": not args.no_progress,
                "sync_bn": not args.no_sync_bn, "dist_timeout_s": args.dist_timeout}
     if args.nproc > 1:
-        if world_info().distributed:  # before anything is loaded or created
-            raise CLIError("--nproc starts the processes itself; under torchrun (WORLD_SIZE "
-                           "is set) leave it out")
+        refuse_under_torchrun()  # before anything is loaded or created
         # Here once, not in each process (each would print the same error line).
         check_launch(config, out, args.resume, args.nproc, not args.no_sync_bn)
         return launch(args.nproc, train_and_report, config, out, options)

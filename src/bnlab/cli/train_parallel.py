@@ -32,11 +32,16 @@ def add_parallel_options(p: argparse.ArgumentParser) -> None:
                    help="with several processes, fail when one waits this long for the others")
 
 
-def launch(nproc: int, run: Callable[..., int], config: TrainConfig, *args: object) -> int:
-    """Run ``run(config, *args)`` in ``nproc`` local processes; the first failure's status."""
-    if world_info().distributed:  # (also checked by the CLI before check_launch)
+def refuse_under_torchrun() -> None:
+    """CLIError where this process is already one of several (torchrun set WORLD_SIZE)."""
+    if world_info().distributed:
         raise CLIError("--nproc starts the processes itself; under torchrun (WORLD_SIZE is "
                        "set) leave it out")
+
+
+def launch(nproc: int, run: Callable[..., int], config: TrainConfig, *args: object) -> int:
+    """Run ``run(config, *args)`` in ``nproc`` local processes; the first failure's status."""
+    refuse_under_torchrun()
     return spawn_local(nproc, _worker, (run, config, *args))
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from ..atomic_files import write_bytes_atomically
 from ..checkpoint import load_checkpoint
-from ..data import load_data_fashion_mnist
 from ..device import select_device
 from ..host import freed_memory_kept
 from ..memory import format_bytes
@@ -29,13 +28,7 @@ from ..train import History
 from .config import TrainConfig
 from .errors import RunError
 from .plots import plot_overlay
-from .preflight import (
-    CHECKPOINT_DIR,
-    check_batches_normalizable,
-    check_model_takes_images,
-    check_out_dir,
-    processes_record,
-)
+from .preflight import CHECKPOINT_DIR, check_models_take_data, check_out_dir, processes_record
 from .run import RunResult, run_training
 
 __all__ = ["DEFAULT_NORMS", "check_compare", "compare_table", "run_compare"]
@@ -105,13 +98,7 @@ def check_compare(config: TrainConfig, out: Path, norms: Sequence[str], resume: 
     for norm in norms:
         check_out_dir(dataclasses.replace(config, norm=norm), out / norm, resume, processes)
     select_device(config.device)
-    loader, _ = load_data_fashion_mnist(config.batch_size, root=config.data_dir,
-                                        download=config.download, limit=config.limit,
-                                        seed=config.seed)
-    for norm in norms:
-        model = build_model(config.model, norm)
-        check_batches_normalizable(model, loader, config.max_steps, synchronized=False)
-        check_model_takes_images(model, config.model, loader)
+    check_models_take_data(config, norms)
 
 
 def _write_outputs(config: TrainConfig, out: Path, norms: Sequence[str],

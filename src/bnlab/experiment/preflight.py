@@ -4,6 +4,7 @@ settings and process layout, and is intact), and that its batches suit batch nor
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from .errors import RunError
 from .parallel import check_global_batch, rank_device
 
 __all__ = ["CHECKPOINT_DIR", "check_batches_normalizable", "check_launch",
-           "check_model_takes_images", "check_out_dir", "check_writable", "processes_record",
-           "resume_point"]
+           "check_model_takes_images", "check_models_take_data", "check_out_dir",
+           "check_writable", "processes_record", "resume_point", "writing"]
 
 CHECKPOINT_DIR = "checkpoint"  # in a run's --out directory
 
@@ -135,12 +136,37 @@ def resume_point(config: TrainConfig, ckpt_dir: Path, resume: bool,
     return state
 
 
+def writing(out: Path, write: Callable[[], object]) -> None:
+    """``write()``, an OSError (disk full, a directory where a file goes) as a RunError."""
+    try:
+        write()
+    except OSError as err:
+        raise RunError(f"cannot write the run's outputs in {out}: {err}") from None
+
+
 def check_writable(out: Path) -> None:
     """Create ``out`` and write (and remove) a file in it: a read-only directory or file
     system fails here (OSError), not after the first epoch's training."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=out):
         pass
+
+
+def check_models_take_data(config: TrainConfig, norms: Sequence[str], world_size: int = 1,
+                           synchronized: bool = False) -> TensorLoader:
+    """Load (on first use download and cache) ``config``'s training data as rank 0 of
+    ``world_size`` processes gets it, and check it against the model with each norm in
+    ``norms``: no batch of one sample for its batch norm, images it takes. Returns that
+    rank's training loader."""
+    loader, _ = load_data_fashion_mnist(config.batch_size, root=config.data_dir,
+                                        download=config.download, limit=config.limit,
+                                        seed=config.seed, world_size=world_size,
+                                        drop_last=world_size > 1)
+    for norm in norms:
+        model = build_model(config.model, norm)
+        check_batches_normalizable(model, loader, config.max_steps, synchronized)
+        check_model_takes_images(model, config.model, loader)
+    return loader
 
 
 def check_launch(config: TrainConfig, out: Path, resume: bool, nproc: int,
@@ -154,14 +180,5 @@ def check_launch(config: TrainConfig, out: Path, resume: bool, nproc: int,
     check_out_dir(config, out, resume, processes_record(nproc, sync_bn))
     last = WorldInfo(rank=nproc - 1, local_rank=nproc - 1, world_size=nproc)
     rank_device(config.device, last)  # a GPU for every process, or the CPU
-    loader, _ = load_data_fashion_mnist(config.batch_size, root=config.data_dir,
-                                        download=config.download, limit=config.limit,
-                                        seed=config.seed, world_size=nproc, drop_last=True)
-    check_global_batch(loader)
-    model = build_model(config.model, config.norm)
-    check_batches_normalizable(model, loader, config.max_steps, sync_bn)
-    check_model_takes_images(model, config.model, loader)
-    try:
-        check_writable(out)
-    except OSError as err:
-        raise RunError(f"cannot write the run's outputs in {out}: {err}") from None
+    check_global_batch(check_models_take_data(config, (config.norm,), nproc, sync_bn))
+    writing(out, lambda: check_writable(out))

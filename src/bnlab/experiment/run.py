@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,7 @@ from .preflight import (
     check_out_dir,
     check_writable,
     processes_record,
+    writing,
 )
 
 __all__ = ["RunError", "RunResult", "build_optimizer", "run_training", "seed_everything"]
@@ -115,14 +115,6 @@ def write_metrics(out_dir: Path, config: TrainConfig, history: History) -> None:
     write_bytes_atomically(out_dir / "metrics.json",
                            (json.dumps(document, indent=2) + "\n").encode())
     write_bytes_atomically(out_dir / "metrics.csv", history.csv_text().encode())
-
-
-def _writing(out: Path, write: Callable[[], object]) -> None:
-    """``write()``, an OSError (disk full, a directory where a file goes) as a RunError."""
-    try:
-        write()
-    except OSError as err:
-        raise RunError(f"cannot write the run's outputs in {out}: {err}") from None
 
 
 def run_training(
@@ -216,7 +208,7 @@ def _train(
         if main:
             print(f"Resuming {out} after epoch {done} of {config.epochs}", flush=True)
     if main:
-        _writing(out, lambda: check_writable(out))
+        writing(out, lambda: check_writable(out))
     train_loader.set_epoch(done)  # epoch k (1-based) uses the loader's epoch k - 1
 
     def on_epoch_end(record: EpochRecord, _net: nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -230,11 +222,11 @@ def _train(
             "processes": processes,
             "rng": capture_rng_state(),
         })
-        _writing(out, lambda: write_metrics(out, config, history))
+        writing(out, lambda: write_metrics(out, config, history))
 
     def write_curves() -> None:
         if len(history) and main:
-            _writing(out, lambda: plot_curves(
+            writing(out, lambda: plot_curves(
                 history, out / "curves.png",
                 title=f"{config.model}, norm={config.norm}, seed={config.seed}"))
 
